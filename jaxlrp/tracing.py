@@ -1,0 +1,306 @@
+"""One view of a user's Flax model: NNX modules and Linen modules with variables.
+
+Everything above this module (CAM, LRP, metrics) sees a model only through
+:class:`Adapter`:
+
+* ``adapter.params``: the model's array state, a pytree (differentiable leaves);
+* ``adapter.apply(params, x, hook=None)``: a pure function ``(B,H,W,C) -> (B,K)``;
+* a *hook* ``hook(path, module, output) -> output`` is called on the output of
+  every submodule call while tracing, inside ``jax.named_scope`` of the module
+  path, so that every jaxpr equation carries its module path in
+  ``source_info.name_stack`` for NNX as it does for Linen.
+
+The user's model is never modified: NNX classes are patched only for the
+duration of one trace and restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax import nnx
+
+from jaxlrp.errors import ExplanationError
+
+Hook = Callable[[str, Any, Any], Any]
+
+_LOCK = threading.RLock()
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class LinenModel:
+    """A Linen module bound to its variables, usable wherever an NNX model is.
+
+    Args:
+      module: the ``flax.linen.Module``.
+      variables: its variables dict, e.g. ``{"params": ..., "batch_stats": ...}``.
+      apply_kwargs: keyword arguments for ``module.apply`` (e.g. ``train=False``).
+    """
+
+    module: nn.Module
+    variables: Any
+    apply_kwargs: tuple = ()
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.module.apply(self.variables, x, **dict(self.apply_kwargs))
+
+    def tree_flatten(self):
+        return (self.variables,), (self.module, self.apply_kwargs)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(aux[0], children[0], aux[1])
+
+
+def linen(module: nn.Module, variables: Any, **apply_kwargs: Any) -> LinenModel:
+    """Bind a Linen module to its variables: ``jaxlrp.linen(module, variables, train=False)``."""
+    return LinenModel(module, variables, tuple(sorted(apply_kwargs.items())))
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+    """A submodule call seen while tracing: its path, output shape and whether it has params."""
+
+    path: str
+    shape: tuple[int, ...]
+    has_params: bool
+    type_name: str
+
+
+class Adapter:
+    """A uniform, functional view of an NNX or Linen model (see module docstring)."""
+
+    kind: str
+    params: Any
+
+    def apply(self, params: Any, x: jax.Array, hook: Hook | None = None) -> jax.Array:
+        raise NotImplementedError
+
+    def forward(self, x: jax.Array) -> jax.Array:
+        """Logits (B, K) for images (B, H, W, C) with the adapter's own params."""
+        return self.apply(self.params, x)
+
+    def layers(self, x: jax.Array) -> list[LayerInfo]:
+        """Every submodule call in call-completion order, with its output shape."""
+        seen: list[LayerInfo] = []
+
+        def record(path, module, out):
+            if path and hasattr(out, "shape"):
+                seen.append(
+                    LayerInfo(path, tuple(out.shape), self._has_params(path, module),
+                              type(module).__name__)
+                )
+            return out
+
+        shape = jax.ShapeDtypeStruct(x.shape, x.dtype)
+        jax.eval_shape(lambda p, xx: self.apply(p, xx, hook=record), self.params, shape)
+        return seen
+
+    def _has_params(self, path: str, module: Any) -> bool:
+        raise NotImplementedError
+
+
+class NNXAdapter(Adapter):
+    """Adapter for a ``flax.nnx.Module``; runs it in evaluation mode on a copy."""
+
+    kind = "nnx"
+
+    def __init__(self, model: nnx.Module):
+        self.graphdef, self.params = nnx.split(model)
+
+    def _merged(self, params: Any) -> nnx.Module:
+        m = nnx.merge(self.graphdef, params)
+        m.eval()
+        return m
+
+    def apply(self, params: Any, x: jax.Array, hook: Hook | None = None) -> jax.Array:
+        m = self._merged(params)
+        if hook is None:
+            with _nnx_scopes(m, None):
+                return m(x)
+        with _nnx_scopes(m, hook):
+            return m(x)
+
+    def _has_params(self, path: str, module: Any) -> bool:
+        return len(jax.tree_util.tree_leaves(nnx.state(module, nnx.Param))) > 0
+
+
+class LinenAdapter(Adapter):
+    """Adapter for a :class:`LinenModel` (a Linen module with its variables)."""
+
+    kind = "linen"
+
+    def __init__(self, model: LinenModel):
+        self.module = model.module
+        self.params = model.variables
+        self.apply_kwargs = dict(model.apply_kwargs)
+
+    def apply(self, params: Any, x: jax.Array, hook: Hook | None = None) -> jax.Array:
+        if hook is None:
+            return self.module.apply(params, x, **self.apply_kwargs)
+
+        def interceptor(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if context.method_name != "__call__":
+                return out
+            path = "/".join(str(p) for p in context.module.path)
+            return hook(path, context.module, out)
+
+        with nn.intercept_methods(interceptor):
+            return self.module.apply(params, x, **self.apply_kwargs)
+
+    def _has_params(self, path: str, module: Any) -> bool:
+        node = self.params.get("params", {}) if hasattr(self.params, "get") else {}
+        for part in path.split("/"):
+            if not hasattr(node, "get") or part not in node:
+                return False
+            node = node[part]
+        return len(jax.tree_util.tree_leaves(node)) > 0
+
+
+def as_adapter(model: Any, name: str = "model") -> Adapter:
+    """Wrap ``model`` (an NNX module, a :class:`LinenModel` or a ``(module, variables)`` pair)."""
+    if isinstance(model, Adapter):
+        return model
+    if isinstance(model, nnx.Module):
+        return NNXAdapter(model)
+    if isinstance(model, LinenModel):
+        return LinenAdapter(model)
+    if (
+        isinstance(model, tuple)
+        and len(model) == 2
+        and isinstance(model[0], nn.Module)
+    ):
+        return LinenAdapter(LinenModel(model[0], model[1]))
+    if isinstance(model, nn.Module):
+        raise ExplanationError(
+            f"{name}: a Linen module needs its variables; pass (module, variables) or "
+            "jaxlrp.linen(module, variables)"
+        )
+    raise ExplanationError(
+        f"{name}: expected a flax.nnx.Module, a (linen.Module, variables) pair or "
+        f"jaxlrp.linen(...), got {type(model).__name__}"
+    )
+
+
+def apply_checked(adapter: Adapter, x: jax.Array, name: str = "x") -> jax.ShapeDtypeStruct:
+    """Abstractly run the model on ``x``; turn shape errors into :class:`ExplanationError`.
+
+    Returns the logits' shape/dtype, which must be (B, K).
+    """
+    try:
+        out = jax.eval_shape(adapter.apply, adapter.params, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    except ExplanationError:
+        raise
+    except (TypeError, ValueError, IndexError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExplanationError(
+            f"{name}: the model cannot be applied to an input of shape {tuple(x.shape)} "
+            f"and dtype {x.dtype}: {msg}"
+        ) from e
+    if len(out.shape) != 2 or out.shape[0] != x.shape[0]:
+        raise ExplanationError(
+            f"model: expected outputs of shape (B, K) = ({x.shape[0]}, K), got {tuple(out.shape)}"
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- NNX scopes
+
+
+_ACTIVE = threading.local()
+
+
+@contextlib.contextmanager
+def _nnx_scopes(root: nnx.Module, hook: Hook | None) -> Iterator[None]:
+    """Patch ``__call__`` of every module class under ``root`` for one trace.
+
+    Each submodule call runs in ``jax.named_scope`` so that its equations carry
+    the module path, and its output goes through ``hook``.
+    """
+    paths: dict[int, str] = {}
+    classes: list[type] = []
+    for path, node in nnx.iter_graph(root):
+        if isinstance(node, nnx.Module) and not any(str(p).startswith("_") for p in path):
+            paths.setdefault(id(node), "/".join(str(p) for p in path))
+            if type(node) not in classes:
+                classes.append(type(node))
+    with _LOCK:
+        saved = []
+        for cls in classes:
+            own = cls.__dict__.get("__call__", None)
+            target = cls.__call__
+            saved.append((cls, own))
+            cls.__call__ = _wrap_call(target, paths, hook)
+        try:
+            yield
+        finally:
+            for cls, own in reversed(saved):
+                if own is None:
+                    try:
+                        delattr(cls, "__call__")
+                    except AttributeError:
+                        pass
+                else:
+                    cls.__call__ = own
+
+
+def _wrap_call(orig: Callable, paths: dict[int, str], hook: Hook | None) -> Callable:
+    def wrapped(self, *args, **kwargs):
+        stack = getattr(_ACTIVE, "stack", None)
+        if stack is None:
+            stack = _ACTIVE.stack = []
+        path = paths.get(id(self))
+        if path is None or (stack and stack[-1][0] is self):
+            return orig(self, *args, **kwargs)
+        parent = stack[-1][1] if stack else ""
+        scope = path[len(parent) + 1:] if parent and path.startswith(parent + "/") else path
+        stack.append((self, path))
+        try:
+            if path:
+                with jax.named_scope(scope):
+                    out = orig(self, *args, **kwargs)
+            else:
+                out = orig(self, *args, **kwargs)
+        finally:
+            stack.pop()
+        if hook is not None and path:
+            out = hook(path, self, out)
+        return out
+
+    return wrapped
+
+
+def default_cam_layer(adapter: Adapter, x: jax.Array) -> str:
+    """The last submodule with parameters whose output is a spatial map (B, H, W, C), H*W > 1."""
+    cands = [
+        info for info in adapter.layers(x)
+        if len(info.shape) == 4 and info.shape[1] * info.shape[2] > 1 and info.has_params
+    ]
+    if not cands:
+        raise ExplanationError(
+            "layer: the model has no submodule with a spatial (B, H, W, C) output; "
+            "name a layer explicitly (see jaxlrp.layers(model, x))"
+        )
+    return cands[-1].path
+
+
+def layers(model: Any, x: jax.Array | tuple[int, ...]) -> list[LayerInfo]:
+    """List the submodule calls of ``model`` on input ``x`` (an array or a shape).
+
+    Returns:
+      One :class:`LayerInfo` per call, with ``path`` (use it as ``layer=``), output
+      ``shape`` and whether the submodule has parameters.
+    """
+    adapter = as_adapter(model)
+    if isinstance(x, tuple):
+        x = jax.ShapeDtypeStruct(x, jnp.float32)
+    return adapter.layers(x)
