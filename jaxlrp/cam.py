@@ -1,0 +1,377 @@
+"""The Grad-CAM family as pure JAX functions of ``(model, x, target)``.
+
+Every explainer returns one map per example, ``(B, H, W)`` at the input resolution
+(``upsample=False``: ``(B, h, w)`` at the layer resolution). They follow
+pytorch-grad-cam 1.5.7 formula for formula:
+
+=============  ==========================================================================
+``gradcam``    ``w_c = mean_ij g``; ``cam = sum_c w_c A_c``
+``gradcam_pp`` ``a = g^2 / (2 g^2 + sum_ij(A) g^3 + eps)`` (0 where g == 0);
+               ``w_c = sum_ij relu(g) a`` (the closed form for exp(score))
+``xgradcam``   ``w_c = sum_ij g A / (sum_ij A + eps)``
+``layercam``   ``cam = sum_c relu(g) A``
+``hirescam``   ``cam = sum_c g A``
+``scorecam``   ``w = softmax_c(score(x * norm(up(A_c))))`` over channels
+=============  ==========================================================================
+
+where ``A`` is the chosen layer's output ``(B, h, w, C)`` and ``g = d logit_t / d A``.
+Post-processing, in pytorch-grad-cam's order: ReLU, per-map min-max normalisation at the
+layer resolution, bilinear resize to the input size (``cv2.resize`` semantics), min-max
+normalisation again. ``relu=False`` / ``normalize=False`` / ``upsample=False`` skip steps.
+
+Activations and gradients come from one forward and one backward pass
+(:func:`activations_and_gradients`): the adapter's hook adds a zero ``delta`` to the
+layer output and ``jax.vjp`` w.r.t. ``delta`` gives ``dA``. Everything is traceable: the
+explainers work under ``jax.jit``, ``jax.vmap`` and ``jax.grad`` (w.r.t. inputs and, for
+NNX modules or :class:`jaxlrp.LinenModel`, parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxlrp import image
+from jaxlrp.errors import ExplanationError
+from jaxlrp.tracing import Adapter, apply_checked, as_adapter, default_cam_layer
+from jaxlrp.validation import (
+    Target,
+    check_images,
+    check_positive_int,
+    finite_rows,
+    poison,
+    resolve_targets,
+    valid_targets,
+)
+
+__all__ = [
+    "activations_and_gradients",
+    "gradcam",
+    "gradcam_pp",
+    "gradcam_pp_weights",
+    "gradcam_weights",
+    "hirescam",
+    "hirescam_map",
+    "layercam",
+    "layercam_map",
+    "postprocess",
+    "resolve_layer",
+    "scorecam",
+    "weighted_sum",
+    "xgradcam",
+    "xgradcam_weights",
+]
+
+CamFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+# ----------------------------------------------------------------------------- layer + core
+
+
+def resolve_layer(adapter: Adapter, x: jax.Array, layer: str | None) -> tuple[str, tuple]:
+    """Check ``layer`` (a module path, or None for the default CAM layer).
+
+    Returns:
+      (path, output shape (B, h, w, C)).
+    """
+    infos = adapter.layers(x)
+    if layer is None:
+        layer = default_cam_layer(adapter, x)
+    if not isinstance(layer, str):
+        raise ExplanationError(
+            f"layer: expected a module path string such as 'features/3' or None, "
+            f"got {type(layer).__name__}"
+        )
+    hits = [i for i in infos if i.path == layer]
+    if not hits:
+        paths = list(dict.fromkeys(i.path for i in infos))
+        raise ExplanationError(
+            f"layer: no submodule {layer!r} in the model; available paths: {paths}"
+        )
+    if len(hits) > 1:
+        raise ExplanationError(
+            f"layer: submodule {layer!r} is called {len(hits)} times in one forward pass; "
+            "choose a module that is called once"
+        )
+    shape = hits[0].shape
+    if len(shape) != 4 or shape[0] != x.shape[0]:
+        spatial = [i.path for i in infos if len(i.shape) == 4]
+        raise ExplanationError(
+            f"layer: {layer!r} outputs shape {shape}, expected a spatial map (B, h, w, C); "
+            f"layers with spatial outputs: {spatial}"
+        )
+    return layer, shape
+
+
+def _target_scores(logits: jax.Array, t: jax.Array) -> jax.Array:
+    """(B,) logits of the targets; out-of-range traced targets are clipped (then poisoned)."""
+    t = jnp.clip(t, 0, logits.shape[-1] - 1)
+    return jnp.take_along_axis(logits, t[:, None], axis=1)[:, 0]
+
+
+def activations_and_gradients(
+    adapter: Adapter, params: Any, x: jax.Array, target: Target, layer: str
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Layer activations and the gradient of the target logits w.r.t. them.
+
+    One forward and one backward pass. The score is ``sum_b logits[b, t_b]``; examples
+    are independent (evaluation mode), so ``dA[b]`` is the gradient of example b's logit.
+
+    Args:
+      adapter: the model's :class:`jaxlrp.tracing.Adapter`.
+      params: its parameters (``adapter.params`` or a traced copy).
+      x: (B, H, W, C) images.
+      target: int, (B,) ints or "predicted".
+      layer: module path of the layer (see :func:`resolve_layer`).
+    Returns:
+      (A, dA, logits): (B, h, w, C), (B, h, w, C), (B, K).
+    """
+    shape = jax.eval_shape(lambda p, xx: _capture(adapter, p, xx, layer), params, x)
+    delta0 = jnp.zeros(shape.shape, shape.dtype)
+
+    def score(delta):
+        seen = []
+
+        def hook(path, module, out):
+            if path == layer:
+                seen.append(out)
+                return out + delta
+            return out
+
+        logits = adapter.apply(params, x, hook=hook)
+        t = jax.lax.stop_gradient(resolve_targets(target, logits))
+        return jnp.sum(_target_scores(logits, t)), (seen[0], logits)
+
+    _, vjp, (acts, logits) = jax.vjp(score, delta0, has_aux=True)
+    (grads,) = vjp(jnp.ones((), logits.dtype))
+    return acts, grads, logits
+
+
+def _capture(adapter: Adapter, params: Any, x: jax.Array, layer: str) -> jax.Array:
+    seen = []
+
+    def hook(path, module, out):
+        if path == layer:
+            seen.append(out)
+        return out
+
+    adapter.apply(params, x, hook=hook)
+    return seen[0]
+
+
+# ----------------------------------------------------------------------------- weightings
+
+
+def gradcam_weights(acts: jax.Array, grads: jax.Array) -> jax.Array:
+    """Grad-CAM channel weights: spatial mean of the gradients. (B,h,w,C) -> (B,C)."""
+    del acts
+    return jnp.mean(grads, axis=(1, 2))
+
+
+def gradcam_pp_weights(acts: jax.Array, grads: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Grad-CAM++ channel weights (closed form for exp(score), as pytorch-grad-cam).
+
+    ``a = g^2 / (2 g^2 + sum_ij(A) g^3 + eps)``, zero where ``g == 0``;
+    ``w_c = sum_ij relu(g) a``. (B,h,w,C) -> (B,C).
+    """
+    g2 = grads * grads
+    g3 = g2 * grads
+    sum_a = jnp.sum(acts, axis=(1, 2), keepdims=True)
+    denom = 2 * g2 + sum_a * g3 + eps
+    nz = grads != 0
+    safe = jnp.where(nz, denom, jnp.ones_like(denom))
+    alpha = jnp.where(nz, g2 / safe, jnp.zeros_like(g2))
+    return jnp.sum(jnp.maximum(grads, 0) * alpha, axis=(1, 2))
+
+
+def xgradcam_weights(acts: jax.Array, grads: jax.Array, eps: float = 1e-7) -> jax.Array:
+    """XGrad-CAM channel weights ``sum_ij g A / (sum_ij A + eps)``. (B,h,w,C) -> (B,C)."""
+    sum_a = jnp.sum(acts, axis=(1, 2), keepdims=True)
+    return jnp.sum(grads * acts / (sum_a + eps), axis=(1, 2))
+
+
+def weighted_sum(acts: jax.Array, weights: jax.Array) -> jax.Array:
+    """``sum_c w_c A_c``: (B,h,w,C), (B,C) -> (B,h,w)."""
+    return jnp.einsum("bhwc,bc->bhw", acts, weights, precision=jax.lax.Precision.HIGHEST)
+
+
+def layercam_map(acts: jax.Array, grads: jax.Array) -> jax.Array:
+    """LayerCAM ``sum_c relu(g) A``: (B,h,w,C) -> (B,h,w)."""
+    return jnp.sum(jnp.maximum(grads, 0) * acts, axis=-1)
+
+
+def hirescam_map(acts: jax.Array, grads: jax.Array) -> jax.Array:
+    """HiResCAM ``sum_c g A``: (B,h,w,C) -> (B,h,w)."""
+    return jnp.sum(grads * acts, axis=-1)
+
+
+# ----------------------------------------------------------------------------- post-processing
+
+
+def postprocess(
+    cam: jax.Array, size: tuple[int, int], *, relu: bool, upsample: bool, normalize: bool
+) -> jax.Array:
+    """pytorch-grad-cam's order: ReLU, min-max, bilinear resize to ``size``, min-max.
+
+    (B,h,w) -> (B,H,W) (or (B,h,w) without ``upsample``).
+    """
+    if relu:
+        cam = image.relu(cam)
+    if normalize:
+        cam = image.minmax_normalize(cam)
+    if upsample:
+        cam = image.resize(cam, size)
+        if normalize:
+            cam = image.minmax_normalize(cam)
+    return cam
+
+
+def _prepare(model: Any, x: Any) -> tuple[Adapter, jax.Array]:
+    adapter = as_adapter(model)
+    x = check_images(x, "x")
+    apply_checked(adapter, x)
+    return adapter, x
+
+
+def _gradient_cam(
+    model: Any, x: Any, target: Target, layer: str | None, cam_fn: CamFn,
+    relu: bool, upsample: bool, normalize: bool,
+) -> jax.Array:
+    adapter, x = _prepare(model, x)
+    layer, _ = resolve_layer(adapter, x, layer)
+    acts, grads, logits = activations_and_gradients(adapter, adapter.params, x, target, layer)
+    t = resolve_targets(target, logits)
+    cam = cam_fn(acts, grads)
+    cam = postprocess(cam, x.shape[1:3], relu=relu, upsample=upsample, normalize=normalize)
+    ok = finite_rows(x) & valid_targets(t, logits.shape[-1])
+    return poison(cam, ok)
+
+
+_ARGS_DOC = """
+    Args:
+      model: an NNX module, ``(linen_module, variables)`` or ``jaxlrp.linen(...)``.
+      x: (B, H, W, C) floating images.
+      target: class per example: an int, a (B,) int array or "predicted" (argmax).
+      layer: module path of the layer to explain (see ``jaxlrp.layers(model, x)``);
+        None picks the last spatial layer with parameters.
+      relu: apply ReLU to the map.
+      upsample: resize bilinearly to (H, W) (cv2.resize semantics).
+      normalize: min-max normalise each map to [0, 1] (constant maps become 0).
+    Returns:
+      (B, H, W) maps ((B, h, w) with ``upsample=False``); NaN for examples whose input
+      has NaN/Inf or whose target is out of range (only when traced; eager input raises).
+"""
+
+
+def gradcam(
+    model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
+    relu: bool = True, upsample: bool = True, normalize: bool = True,
+) -> jax.Array:
+    return _gradient_cam(
+        model, x, target, layer, lambda a, g: weighted_sum(a, gradcam_weights(a, g)),
+        relu, upsample, normalize,
+    )
+
+
+def gradcam_pp(
+    model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
+    relu: bool = True, upsample: bool = True, normalize: bool = True, eps: float = 1e-6,
+) -> jax.Array:
+    return _gradient_cam(
+        model, x, target, layer, lambda a, g: weighted_sum(a, gradcam_pp_weights(a, g, eps)),
+        relu, upsample, normalize,
+    )
+
+
+def xgradcam(
+    model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
+    relu: bool = True, upsample: bool = True, normalize: bool = True, eps: float = 1e-7,
+) -> jax.Array:
+    return _gradient_cam(
+        model, x, target, layer, lambda a, g: weighted_sum(a, xgradcam_weights(a, g, eps)),
+        relu, upsample, normalize,
+    )
+
+
+def layercam(
+    model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
+    relu: bool = True, upsample: bool = True, normalize: bool = True,
+) -> jax.Array:
+    return _gradient_cam(model, x, target, layer, layercam_map, relu, upsample, normalize)
+
+
+def hirescam(
+    model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
+    relu: bool = True, upsample: bool = True, normalize: bool = True,
+) -> jax.Array:
+    return _gradient_cam(model, x, target, layer, hirescam_map, relu, upsample, normalize)
+
+
+def scorecam(
+    model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
+    relu: bool = True, upsample: bool = True, normalize: bool = True, chunk_size: int = 32,
+) -> jax.Array:
+    adapter, x = _prepare(model, x)
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    layer, (b, h, w, c) = resolve_layer(adapter, x, layer)
+    params = adapter.params
+    seen = []
+
+    def hook(path, module, out):
+        if path == layer:
+            seen.append(out)
+        return out
+
+    logits = adapter.apply(params, x, hook=hook)
+    acts = seen[0]
+    t = resolve_targets(target, logits)
+    scores = scorecam_scores(adapter, params, x, acts, t, chunk_size)
+    weights = jax.nn.softmax(scores, axis=-1)
+    cam = weighted_sum(acts, weights.astype(acts.dtype))
+    cam = postprocess(cam, x.shape[1:3], relu=relu, upsample=upsample, normalize=normalize)
+    ok = finite_rows(x) & valid_targets(t, logits.shape[-1])
+    return poison(cam, ok)
+
+
+def scorecam_scores(
+    adapter: Adapter, params: Any, x: jax.Array, acts: jax.Array, t: jax.Array, chunk_size: int
+) -> jax.Array:
+    """Target logit of ``x`` masked by each normalised, upsampled activation channel.
+
+    Masks: channel ``c`` of ``acts`` resized to (H, W) with aligned corners (as
+    ``torch.nn.UpsamplingBilinear2d``), min-max normalised (constant -> 0). The B*C masked
+    forward passes run ``chunk_size`` at a time (``jax.lax.map``), so memory is bounded by
+    one chunk. Args: x (B,H,W,Cin), acts (B,h,w,C), t (B,). Returns (B, C).
+    """
+    b, _, _, c = acts.shape
+    size = x.shape[1:3]
+    n = b * c
+    n_chunks = -(-n // chunk_size)
+    ids = jnp.minimum(jnp.arange(n_chunks * chunk_size), n - 1).reshape(n_chunks, chunk_size)
+    tc = jnp.clip(t, 0, None)
+
+    def run(chunk: jax.Array) -> jax.Array:
+        bi, ci = chunk // c, chunk % c
+        a = jnp.moveaxis(acts, 3, 1)[bi, ci]  # (chunk, h, w)
+        masks = image.minmax_normalize(image.resize(a, size, align_corners=True))
+        xin = x[bi] * masks[..., None].astype(x.dtype)
+        lg = adapter.apply(params, xin)
+        return _target_scores(lg, tc[bi])
+
+    scores = jax.lax.map(run, ids).reshape(-1)[:n]
+    return scores.reshape(b, c)
+
+
+for _f, _name in [
+    (gradcam, "Grad-CAM (Selvaraju et al. 2017)"),
+    (gradcam_pp, "Grad-CAM++ (Chattopadhay et al. 2018); ``eps`` as pytorch-grad-cam"),
+    (xgradcam, "XGrad-CAM (Fu et al. 2020); ``eps`` as pytorch-grad-cam"),
+    (layercam, "LayerCAM (Jiang et al. 2021)"),
+    (hirescam, "HiResCAM (Draelos & Carin 2020)"),
+    (scorecam, "Score-CAM (Wang et al. 2020); ``chunk_size`` masked images per forward pass"),
+]:
+    _f.__doc__ = f"{_name} maps for a batch of images.\n{_ARGS_DOC}"
+del _f, _name
