@@ -1,0 +1,177 @@
+"""Composites: which rule goes to which layer.
+
+A composite is a function ``LayerContext -> rule | None``. ``None`` means the
+layer kind's default (Norm for pooling and residual sums, Pass for elementwise
+activations, Gradient for shape operations and max-pooling, Gradient for a
+weighted layer no mapping covers, as in Zennit).
+
+Build your own in a few lines::
+
+    comp = jaxlrp.composites.layer_map(
+        conv=rules.Gamma(0.25), dense=rules.Epsilon(1e-6),
+        first=rules.ZBox(0.0, 1.0), paths={"head": rules.Epsilon(0.0)})
+
+or any plain function ``lambda ctx: rules.ZPlus() if ctx.kind == "conv" else None``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from jaxlrp.errors import ExplanationError
+from jaxlrp.lrp import rules as R
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerContext:
+    """What a composite sees of a layer.
+
+    Attributes:
+      kind: ``conv``, ``dense``, ``pool``, ``sum``, ``activation`` or ``gradient``.
+      path: module path (``"features/0/conv"``), empty for the root module.
+      primitive: the JAX primitive at the layer's core.
+      index: position among conv/dense layers counted from the input (-1 for others).
+      first: True for the first conv/dense layer reached from the input.
+      first_conv: True for the first conv layer reached from the input.
+    """
+
+    kind: str
+    path: str
+    primitive: str
+    index: int
+    first: bool
+    first_conv: bool = False
+
+
+Composite = Callable[[LayerContext], Any]
+
+DEFAULTS = {"pool": R.Norm(), "sum": R.Norm(), "activation": R.Pass(), "gradient": R.Gradient()}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerMap:
+    """Rules by layer kind, by first layer and by module path (path wins, then first, then kind).
+
+    ``paths`` maps a module path, or a path prefix ending in ``/``-separated parts,
+    to a rule. Every path must match some layer of the model, else
+    :func:`jaxlrp.lrp.lrp` raises an error listing the available paths.
+    """
+
+    conv: Any = None
+    dense: Any = None
+    pool: Any = dataclasses.field(default_factory=R.Norm)
+    sum: Any = dataclasses.field(default_factory=R.Norm)
+    activation: Any = dataclasses.field(default_factory=R.Pass)
+    gradient: Any = dataclasses.field(default_factory=R.Gradient)
+    first: Any = None
+    first_kinds: tuple[str, ...] = ("conv", "dense")
+    paths: Mapping[str, Any] | None = None
+
+    def __call__(self, ctx: LayerContext) -> Any:
+        if self.paths:
+            best = None
+            for p, rule in self.paths.items():
+                if ctx.path == p or ctx.path.startswith(p.rstrip("/") + "/"):
+                    if best is None or len(p) > len(best[0]):
+                        best = (p, rule)
+            if best is not None:
+                return best[1]
+        if self.first is not None and ctx.kind in self.first_kinds and _is_first(ctx, self):
+            return self.first
+        return getattr(self, ctx.kind, None)
+
+    def path_keys(self) -> tuple[str, ...]:
+        return tuple(self.paths or ())
+
+
+def _is_first(ctx: LayerContext, comp: LayerMap) -> bool:
+    if tuple(comp.first_kinds) == ("conv",):
+        return ctx.first_conv
+    return ctx.first
+
+
+def layer_map(**kwargs: Any) -> LayerMap:
+    """A :class:`LayerMap` composite; see its fields."""
+    return LayerMap(**kwargs)
+
+
+def epsilon_plus(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> LayerMap:
+    """ZPlus on conv layers, Epsilon on dense layers (Zennit's EpsilonPlus)."""
+    return LayerMap(conv=R.ZPlus(stabilizer), dense=R.Epsilon(epsilon),
+                    pool=R.Norm(stabilizer), sum=R.Norm(stabilizer))
+
+
+def epsilon_plus_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> LayerMap:
+    """EpsilonPlus with Flat on the first conv/dense layer (Zennit's EpsilonPlusFlat)."""
+    return dataclasses.replace(epsilon_plus(epsilon, stabilizer), first=R.Flat(stabilizer))
+
+
+def epsilon_alpha2_beta1(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> LayerMap:
+    """AlphaBeta(2, 1) on conv layers, Epsilon on dense layers (Zennit's EpsilonAlpha2Beta1)."""
+    return LayerMap(conv=R.AlphaBeta(2.0, 1.0, stabilizer), dense=R.Epsilon(epsilon),
+                    pool=R.Norm(stabilizer), sum=R.Norm(stabilizer))
+
+
+def epsilon_alpha2_beta1_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> LayerMap:
+    """EpsilonAlpha2Beta1 with Flat on the first conv/dense layer."""
+    return dataclasses.replace(epsilon_alpha2_beta1(epsilon, stabilizer), first=R.Flat(stabilizer))
+
+
+def epsilon_gamma_box(
+    low: Any, high: Any, epsilon: float = 1e-6, gamma: float = 0.25, stabilizer: float = 1e-6
+) -> LayerMap:
+    """ZBox on the first conv, Gamma on other convs, Epsilon on dense (Zennit's EpsilonGammaBox).
+
+    ``low``/``high`` bound the model input (scalars or arrays broadcastable to x).
+    """
+    return LayerMap(conv=R.Gamma(gamma, stabilizer), dense=R.Epsilon(epsilon),
+                    pool=R.Norm(stabilizer), sum=R.Norm(stabilizer),
+                    first=R.ZBox(low, high, stabilizer), first_kinds=("conv",))
+
+
+def paper(epsilon: float = 0.0, stabilizer: float = 1e-9) -> LayerMap:
+    """The hybrid paper's LRP: Alpha1-Beta0 on conv layers, Epsilon(0) on dense layers.
+
+    The re-implementation uses Captum, whose Alpha1_Beta0 rule clamps the weights to
+    their positive part and keeps the bias (:class:`~jaxlrp.lrp.rules.WPlus`); with
+    inputs and biases >= 0 this equals z+. Epsilon(0) divides safely (0/0 := 0).
+    """
+    return LayerMap(conv=R.WPlus(stabilizer), dense=R.Epsilon(epsilon),
+                    pool=R.Epsilon(stabilizer), sum=R.Norm(stabilizer))
+
+
+def epsilon(eps: float = 1e-6) -> LayerMap:
+    """Epsilon everywhere (conv, dense, pooling, sums); ``eps=0`` is LRP-0."""
+    rule = R.Epsilon(eps)
+    return LayerMap(conv=rule, dense=rule, pool=rule, sum=rule)
+
+
+PRESETS = {
+    "epsilon_plus": epsilon_plus,
+    "epsilon_plus_flat": epsilon_plus_flat,
+    "epsilon_alpha2_beta1": epsilon_alpha2_beta1,
+    "epsilon_alpha2_beta1_flat": epsilon_alpha2_beta1_flat,
+    "paper": paper,
+    "epsilon": epsilon,
+}
+
+
+def get(name_or_composite: Any) -> Composite:
+    """Resolve a composite: a callable, a preset name, or None (the paper's composite)."""
+    if name_or_composite is None:
+        return paper()
+    if isinstance(name_or_composite, str):
+        if name_or_composite not in PRESETS:
+            raise ExplanationError(
+                f"composite: unknown preset {name_or_composite!r}; expected one of "
+                f"{sorted(PRESETS)} or a function LayerContext -> rule"
+            )
+        return PRESETS[name_or_composite]()
+    if not callable(name_or_composite):
+        raise ExplanationError(
+            f"composite: expected a callable LayerContext -> rule or a preset name, got "
+            f"{type(name_or_composite).__name__}"
+        )
+    return name_or_composite

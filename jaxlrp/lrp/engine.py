@@ -1,0 +1,236 @@
+"""The LRP interpreter: one forward pass over the traced graph, one relevance pass back.
+
+``lrp(model, x, target)`` traces the model (NNX or Linen) to a graph of layers
+(:mod:`jaxlrp.lrp.graph`), applies canonizers (:mod:`jaxlrp.lrp.canonizers`),
+asks the composite (:mod:`jaxlrp.lrp.composites`) for each layer's rule
+(:mod:`jaxlrp.lrp.rules`), runs the forward equations once and then walks the
+layers backwards. Everything is ordinary JAX, so the result composes with
+``jax.jit``, ``jax.vmap`` and ``jax.grad`` (second order included).
+
+Output scale: the relevance that enters the network at the output is
+``init="logit"`` (default): the target logit, so that a conservative
+composite's input relevance sums to the logit (Captum's convention); or
+``init="one_hot"``: 1 for the target class, so that it sums to 1 for a
+conservative composite (Zennit's convention of starting from the one-hot
+gradient). The two differ by exactly the factor ``logit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxlrp.errors import ExplanationError
+from jaxlrp.lrp import canonizers as C
+from jaxlrp.lrp import composites as K
+from jaxlrp.lrp import rules as R
+from jaxlrp.lrp.graph import Graph, Lit, Node, evaluate, feature_axis, trace
+from jaxlrp.tracing import apply_checked, as_adapter
+from jaxlrp.validation import (
+    check_images,
+    finite_rows,
+    poison,
+    resolve_targets,
+    valid_targets,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerRelevance:
+    """Relevance entering one layer (at its input), for layer-wise inspection."""
+
+    kind: str
+    path: str
+    rule: str
+    relevance: jax.Array
+
+
+def _value(env: dict, a: Any) -> Any:
+    return a.value if isinstance(a, Lit) else env[a]
+
+
+def _run(eqns, env: dict, overrides: dict) -> dict:
+    local = dict(overrides)
+
+    class _Env(dict):
+        def __missing__(self, key):
+            return env[key]
+
+    scope = _Env(local)
+    evaluate(eqns, scope)
+    return scope
+
+
+def _function_layer(node: Node, env: dict) -> R.FunctionLayer:
+    def fn(*xs):
+        scope = _run(node.eqns, env, dict(zip(node.ins, xs, strict=True)))
+        outs = tuple(scope[o] for o in node.outs)
+        return outs[0] if len(outs) == 1 else outs
+
+    return R.FunctionLayer(node.kind, node.path, fn)
+
+
+def _linear_layer(node: Node, env: dict, graph: Graph) -> R.LinearLayer:
+    core = node.core
+    x_pos = next(i for i, a in enumerate(core.ins) if isinstance(a, int) and a in graph.act)
+    w_pos = 1 - x_pos
+    weight = _value(env, core.ins[w_pos])
+
+    def core_fn(x, w):
+        ops = [None, None]
+        ops[x_pos], ops[w_pos] = x, w
+        return core.prim.bind(*ops, **core.params)
+
+    z_id = core.outs[0]
+    z_shape = graph.shapes[z_id]
+    dtype = env[core.outs[0]].dtype if core.outs[0] in env else weight.dtype
+
+    def post(z):
+        if not node.post:
+            return z
+        scope = _run(node.post, env, {z_id: z})
+        return scope[node.outs[0]]
+
+    zeros = jnp.zeros(z_shape, dtype)
+    bias = post(zeros)
+    if any(_scales(e, graph) for e in node.post):
+        scale = post(jnp.ones(z_shape, dtype)) - bias
+        axis = feature_axis(node, graph)
+        index = tuple(slice(None) if d == axis else 0 for d in range(len(z_shape)))
+        vec = scale[index]
+        w_axis = _weight_axis(core, w_pos, graph)
+        shape = [1] * jnp.ndim(weight)
+        shape[w_axis] = vec.shape[0]
+        weight = weight * vec.reshape(shape).astype(weight.dtype)
+    return R.LinearLayer(node.kind, node.path, core_fn, weight, bias)
+
+
+def _scales(e, graph: Graph) -> bool:
+    """Whether a folded affine equation multiplies its activation by something other than 1."""
+    if e.name in ("mul", "div", "neg"):
+        return True
+    return e.name == "sub" and not (isinstance(e.ins[0], int) and e.ins[0] in graph.act)
+
+
+def _weight_axis(core, w_pos: int, graph: Graph) -> int:
+    if core.name == "conv_general_dilated":
+        return core.params["dimension_numbers"].rhs_spec[0]
+    (lc, rc), (lb, rb) = core.params["dimension_numbers"]
+    contract, batch = (rc, rb) if w_pos == 1 else (lc, lb)
+    rank = len(graph.shapes[core.ins[w_pos]]) if isinstance(core.ins[w_pos], int) else 0
+    free = [d for d in range(rank) if d not in contract and d not in batch]
+    return free[0]
+
+
+def _context(node: Node, first_conv: int | None) -> K.LayerContext:
+    return K.LayerContext(
+        kind=node.kind, path=node.path, primitive=node.primitive, index=node.index,
+        first=node.first, first_conv=(first_conv is not None and node is first_conv),
+    )
+
+
+def _check_paths(composite: Any, graph: Graph) -> None:
+    keys = composite.path_keys() if hasattr(composite, "path_keys") else ()
+    paths = sorted({n.path for n in graph.nodes if n.path})
+    for key in keys:
+        k = key.rstrip("/")
+        if not any(p == k or p.startswith(k + "/") for p in paths):
+            raise ExplanationError(
+                f"composite: unknown module path {key!r}; the model's layer paths are {paths}"
+            )
+
+
+def prepare(model: Any, x: jax.Array, canonizers: Sequence[C.Canonizer] | None = None):
+    """Trace and canonize ``model`` for inputs shaped like ``x``.
+
+    Returns:
+      (adapter, graph, flat parameter leaves).
+    """
+    adapter = as_adapter(model)
+    apply_checked(adapter, x)
+    graph, leaves = trace(adapter.apply, adapter.params, x)
+    graph = C.apply_all(graph, C.default() if canonizers is None else canonizers)
+    return adapter, graph, leaves
+
+
+def lrp(
+    model: Any,
+    x: jax.Array,
+    target: Any = "predicted",
+    composite: Any = None,
+    *,
+    canonizers: Sequence[C.Canonizer] | None = None,
+    init: str = "logit",
+    return_layers: bool = False,
+) -> Any:
+    """Layer-wise relevance propagation.
+
+    Args:
+      model: an NNX module, a ``(linen_module, variables)`` pair or ``jaxlrp.linen(...)``.
+      x: (B, H, W, C) images, as the model takes them.
+      target: an int, a (B,) int array or ``"predicted"``.
+      composite: a composite (``LayerContext -> rule``), a preset name, or None for
+        :func:`jaxlrp.lrp.composites.paper`.
+      canonizers: graph rewrites; default :func:`jaxlrp.lrp.canonizers.default`.
+      init: ``"logit"`` (relevance sums to the target logit) or ``"one_hot"`` (sums to 1).
+      return_layers: also return a list of :class:`LayerRelevance`, input side first.
+
+    Returns:
+      (B, H, W, C) input relevance, and the per-layer list when ``return_layers``.
+      Examples whose input is not finite or whose target is out of range under a
+      trace come back as NaN (eager calls raise ``ExplanationError`` instead).
+    """
+    x = check_images(x)
+    if init not in ("logit", "one_hot"):
+        raise ExplanationError(f"init: expected 'logit' or 'one_hot', got {init!r}")
+    comp = K.get(composite)
+    adapter, graph, leaves = prepare(model, x, canonizers)
+    _check_paths(comp, graph)
+
+    env: dict[int, Any] = dict(graph.consts)
+    for i, v in zip(graph.in_ids[:-1], leaves, strict=True):
+        env[i] = v
+    env[graph.x_id] = x
+    evaluate(graph.eqns, env)
+    logits = env[graph.out_id]
+    t = resolve_targets(target, logits)
+    onehot = jax.nn.one_hot(t, logits.shape[-1], dtype=logits.dtype)
+    r_out = onehot * logits if init == "logit" else onehot
+
+    relevance: dict[int, Any] = {graph.out_id: r_out}
+    convs = [n for n in graph.nodes if n.kind == "conv"]
+    first_conv = convs[0] if convs else None
+    layers: list[LayerRelevance] = []
+    for node in reversed(graph.nodes):
+        outs = [relevance.pop(o, None) for o in node.outs]
+        if all(r is None for r in outs):
+            continue
+        outs = [jnp.zeros(graph.shapes[o], logits.dtype) if r is None else r
+                for o, r in zip(node.outs, outs, strict=True)]
+        r = outs[0] if len(outs) == 1 else tuple(outs)
+        ctx = _context(node, first_conv)
+        rule = comp(ctx)
+        if rule is None:
+            rule = K.DEFAULTS.get(node.kind, R.Gradient())
+        if node.kind in ("conv", "dense"):
+            layer = _linear_layer(node, env, graph)
+        else:
+            layer = _function_layer(node, env)
+        inputs = tuple(env[i] for i in node.ins)
+        r_in = rule(layer, inputs, r)
+        for i, ri in zip(node.ins, r_in, strict=True):
+            ri = jnp.asarray(ri)
+            relevance[i] = relevance[i] + ri if i in relevance else ri
+        if return_layers and node.kind in ("conv", "dense", "pool", "sum"):
+            layers.append(LayerRelevance(node.kind, node.path, type(rule).__name__, r_in[0]))
+
+    rx = relevance.get(graph.x_id, jnp.zeros_like(x))
+    ok = finite_rows(x) & valid_targets(t, logits.shape[-1])
+    rx = poison(rx, ok)
+    if return_layers:
+        return rx, layers[::-1]
+    return rx
