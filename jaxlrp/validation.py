@@ -143,7 +143,9 @@ def check_range(value: Any, name: str, low: float, high: float) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError) as e:
-        raise ExplanationError(f"{name}: expected a number in [{low}, {high}], got {value!r}") from e
+        raise ExplanationError(
+            f"{name}: expected a number in [{low}, {high}], got {value!r}"
+        ) from e
     if not (low <= v <= high):
         raise ExplanationError(f"{name}: expected a number in [{low}, {high}], got {v}")
     return v
