@@ -29,6 +29,7 @@ from jaxlrp.models.vgg import (
     check_model_input,
     load_linen_variables,
     nnx_to_linen_variables,
+    scaled_normal,
 )
 
 __all__ = [
@@ -41,8 +42,8 @@ __all__ = [
 ]
 
 _PAD1 = ((1, 1), (1, 1))
-_conv_init = nnx.initializers.kaiming_normal()
-_head_init = nnx.initializers.lecun_normal()
+_conv_init = scaled_normal(2.0)
+_head_init = scaled_normal(1.0)
 
 
 def _bn(n: int, rngs: nnx.Rngs) -> nnx.BatchNorm:

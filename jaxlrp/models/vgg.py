@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from flax import nnx
 
@@ -28,9 +29,31 @@ from jaxlrp.errors import ExplanationError
 BN_MOMENTUM = 0.9  # running-average decay (= torch momentum 0.1)
 BN_EPSILON = 1e-5  # same as torch.nn.BatchNorm2d
 
-_conv_init = nnx.initializers.kaiming_normal()
-_dense_init = nnx.initializers.kaiming_normal()
-_head_init = nnx.initializers.lecun_normal()
+
+
+def scaled_normal(scale: float) -> Callable:
+    """Initializer: normal with variance ``scale / fan_in`` (He normal for ``scale=2``).
+
+    Draws with numpy from the (concrete) key, which avoids compiling one XLA random
+    kernel per parameter shape (seconds each on a small CPU); under tracing it falls
+    back to ``jax.random.normal``. Kernels are (..., fan_in, fan_out).
+    """
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+        std = float(np.sqrt(scale / max(fan_in, 1)))
+        if isinstance(key, jax.core.Tracer):
+            return jax.random.normal(key, shape, dtype) * std
+        data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+        rng = np.random.default_rng(np.asarray(data, dtype=np.uint32).ravel().tolist())
+        return jnp.asarray(rng.standard_normal(tuple(shape)) * std, dtype)
+
+    return init
+
+
+_conv_init = scaled_normal(2.0)
+_dense_init = scaled_normal(2.0)
+_head_init = scaled_normal(1.0)
 
 
 # ----------------------------------------------------------------------------- shared helpers
