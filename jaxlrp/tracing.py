@@ -304,3 +304,55 @@ def layers(model: Any, x: jax.Array | tuple[int, ...]) -> list[LayerInfo]:
     if isinstance(x, tuple):
         x = jax.ShapeDtypeStruct(x, jnp.float32)
     return adapter.layers(x)
+
+
+# ----------------------------------------------------------------------------- eager calls
+
+
+def static_key(adapter: Adapter) -> Any:
+    """A hashable key for the model's structure (not its parameter values)."""
+    if isinstance(adapter, NNXAdapter):
+        return ("nnx", adapter.graphdef)
+    if isinstance(adapter, LinenAdapter):
+        treedef = jax.tree_util.tree_structure(adapter.params)
+        return ("linen", hashable(adapter.module), treedef, hashable(adapter.apply_kwargs))
+    return ("other", id(adapter))
+
+
+_KEEP: dict[int, Any] = {}
+
+
+def hashable(obj: Any) -> Any:
+    """``obj`` if it hashes, else its id (the object is kept alive so the id stays unique)."""
+    try:
+        hash(obj)
+        return obj
+    except TypeError:
+        _KEEP[id(obj)] = obj
+        return ("id", id(obj))
+
+
+_JIT_CACHE: dict[Any, Callable] = {}
+_JIT_CACHE_SIZE = 64
+
+
+def cached_jit(key: Any, build: Callable[[], Callable]) -> Callable:
+    """Return the jitted function cached under ``key``, building it once with ``build()``.
+
+    Public entry points call their traced implementation through this when they are
+    called eagerly, so that a loop of eager calls compiles once per shape instead of
+    dispatching every primitive (and so that repeated calls never retrace).
+    """
+    fn = _JIT_CACHE.get(key)
+    if fn is None:
+        if len(_JIT_CACHE) >= _JIT_CACHE_SIZE:
+            _JIT_CACHE.pop(next(iter(_JIT_CACHE)))
+        fn = _JIT_CACHE[key] = jax.jit(build())
+    return fn
+
+
+def all_concrete(*trees: Any) -> bool:
+    """True when no leaf of ``trees`` is a tracer (we are not inside jit/vmap/grad)."""
+    return not any(
+        isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees)
+    )

@@ -116,6 +116,18 @@ def resolve_targets(target: Target, logits: jax.Array, name: str = "target") -> 
     return jnp.asarray(target, jnp.int32)
 
 
+def static_targets(target: Target, batch: int, num_classes: int, name: str = "target"):
+    """Validate ``target`` without the logits.
+
+    Returns None for ``"predicted"`` (resolve later with the argmax of the logits),
+    else a (B,) int32 array (range-checked when concrete).
+    """
+    if isinstance(target, str) and target == "predicted":
+        return None
+    dummy = jax.ShapeDtypeStruct((batch, num_classes), jnp.float32)
+    return resolve_targets(target, dummy, name)
+
+
 def valid_targets(target: jax.Array, num_classes: int) -> jax.Array:
     """(B,) bool: whether each target lies in [0, num_classes)."""
     return (target >= 0) & (target < num_classes)

@@ -18,6 +18,7 @@ gradient). The two differ by exactly the factor ``logit``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,24 +30,34 @@ from jaxlrp.lrp import canonizers as C
 from jaxlrp.lrp import composites as K
 from jaxlrp.lrp import rules as R
 from jaxlrp.lrp.graph import Graph, Lit, Node, evaluate, feature_axis, trace
-from jaxlrp.tracing import apply_checked, as_adapter
-from jaxlrp.validation import (
-    check_images,
-    finite_rows,
-    poison,
-    resolve_targets,
-    valid_targets,
+from jaxlrp.tracing import (
+    all_concrete,
+    apply_checked,
+    as_adapter,
+    cached_jit,
+    hashable,
+    static_key,
 )
+from jaxlrp.validation import check_images, finite_rows, poison, static_targets, valid_targets
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["relevance"],
+    meta_fields=["kind", "path", "rule"],
+)
 @dataclasses.dataclass(frozen=True)
 class LayerRelevance:
-    """Relevance entering one layer (at its input), for layer-wise inspection."""
+    """Relevance entering one layer (at its input), for layer-wise inspection.
+
+    ``relevance`` is an array shaped like the layer input, or a tuple of arrays for a
+    layer with several inputs (a residual ``sum``).
+    """
 
     kind: str
     path: str
     rule: str
-    relevance: jax.Array
+    relevance: Any
 
 
 def _value(env: dict, a: Any) -> Any:
@@ -183,12 +194,26 @@ def lrp(
       (B, H, W, C) input relevance, and the per-layer list when ``return_layers``.
       Examples whose input is not finite or whose target is out of range under a
       trace come back as NaN (eager calls raise ``ExplanationError`` instead).
+      Called eagerly, the computation runs through a cached ``jax.jit``.
     """
     x = check_images(x)
     if init not in ("logit", "one_hot"):
         raise ExplanationError(f"init: expected 'logit' or 'one_hot', got {init!r}")
     comp = K.get(composite)
-    adapter, graph, leaves = prepare(model, x, canonizers)
+    canon = tuple(C.default() if canonizers is None else canonizers)
+    adapter = as_adapter(model)
+    out = apply_checked(adapter, x)
+    t = static_targets(target, x.shape[0], out.shape[-1])
+    impl = functools.partial(_lrp, adapter, comp, canon, init, return_layers)
+    if all_concrete(adapter.params, x, t):
+        key = ("lrp", static_key(adapter), hashable(comp), hashable(canon), init, return_layers)
+        impl = cached_jit(key, lambda: impl)
+    return impl(adapter.params, x, t)
+
+
+def _lrp(adapter, comp, canon, init, return_layers, params, x, t):
+    graph, leaves = trace(adapter.apply, params, x)
+    graph = C.apply_all(graph, canon)
     _check_paths(comp, graph)
 
     env: dict[int, Any] = dict(graph.consts)
@@ -197,7 +222,8 @@ def lrp(
     env[graph.x_id] = x
     evaluate(graph.eqns, env)
     logits = env[graph.out_id]
-    t = resolve_targets(target, logits)
+    if t is None:
+        t = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     onehot = jax.nn.one_hot(t, logits.shape[-1], dtype=logits.dtype)
     r_out = onehot * logits if init == "logit" else onehot
 
@@ -226,7 +252,8 @@ def lrp(
             ri = jnp.asarray(ri)
             relevance[i] = relevance[i] + ri if i in relevance else ri
         if return_layers and node.kind in ("conv", "dense", "pool", "sum"):
-            layers.append(LayerRelevance(node.kind, node.path, type(rule).__name__, r_in[0]))
+            value = r_in[0] if len(r_in) == 1 else tuple(r_in)
+            layers.append(LayerRelevance(node.kind, node.path, type(rule).__name__, value))
 
     rx = relevance.get(graph.x_id, jnp.zeros_like(x))
     ok = finite_rows(x) & valid_targets(t, logits.shape[-1])
