@@ -220,7 +220,8 @@ def test_norm_and_pass_and_gradient_on_function_layers():
     pool = R.FunctionLayer("pool", "p", lambda v: v.sum(axis=(1, 2)))
     r = jnp.asarray([[1.0, 2.0]])
     (got,) = R.Norm()(pool, (x,), r)
-    want = np.asarray(x) / np.asarray(x).sum(axis=(1, 2), keepdims=True) * np.asarray(r)[:, None, None]
+    xs = np.asarray(x)
+    want = xs / xs.sum(axis=(1, 2), keepdims=True) * np.asarray(r)[:, None, None]
     np.testing.assert_allclose(got, want, rtol=1e-5)
     (passed,) = R.Pass()(R.FunctionLayer("activation", "a", jax.nn.relu), (x,), x * 2)
     np.testing.assert_allclose(passed, x * 2)
