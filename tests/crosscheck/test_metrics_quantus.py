@@ -60,7 +60,8 @@ class TorchNet(torch.nn.Module):
         self.double().eval()  # before copying, so the float64 weights are not rounded
         with torch.no_grad():
             for t, j in ((self.c1, net.c1), (self.c2, net.c2)):
-                t.weight.copy_(torch.from_numpy(np.array(j.kernel[...]).transpose(3, 2, 0, 1).copy()))
+                kernel = np.array(j.kernel[...]).transpose(3, 2, 0, 1).copy()
+                t.weight.copy_(torch.from_numpy(kernel))
                 t.bias.copy_(torch.from_numpy(np.asarray(j.bias[...])))
             self.d.weight.copy_(torch.from_numpy(np.asarray(net.d.kernel[...]).T))
             self.d.bias.copy_(torch.from_numpy(np.asarray(net.d.bias[...])))
