@@ -3,12 +3,13 @@
 The model is a tiny CNN built in Flax NNX with a hand-made PyTorch twin (same
 weights). Everything runs in float64 on both sides (``jax.enable_x64``; Quantus
 casts model inputs to float32, so the images are float32-representable), so
-deterministic metrics must agree to 1e-6 (the brief's bar; the observed
-differences are ~1e-12). Random metrics are given the very perturbations Quantus
-draws: numpy's global RNG is seeded, Quantus's draws are replayed in the same
-order (including the ``np.random.uniform`` that Quantus's ``get_baseline_dict``
-consumes on every baseline lookup) and passed to jaxlrp through ``indices=``,
-``noise=`` or ``y_off=``; then the scores must be equal too.
+deterministic metrics must agree to 1e-6 absolute (the brief's bar; float64
+leaves only summation-order differences far below it). Random metrics are given
+the very perturbations Quantus draws: numpy's global RNG is seeded, Quantus's
+draws are replayed in the same order (including the ``np.random.uniform`` that
+Quantus's ``get_baseline_dict`` consumes on every baseline lookup) and passed to
+jaxlrp through ``indices=``, ``noise=`` or ``y_off=``; then the scores must be
+equal too.
 
 Quantus normalises attributions by the maximum over the *whole batch*; jaxlrp per
 example. Quantus is therefore called one example at a time where normalisation
