@@ -33,10 +33,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
+from flax import nnx
 
 from jaxlrp import image
 from jaxlrp.errors import ExplanationError
-from jaxlrp.tracing import Adapter, apply_checked, as_adapter, default_cam_layer
+from jaxlrp.tracing import Adapter, LinenModel, apply_checked, as_adapter, default_cam_layer
 from jaxlrp.validation import (
     Target,
     check_images,
@@ -65,7 +67,6 @@ __all__ = [
     "xgradcam_weights",
 ]
 
-CamFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 # ----------------------------------------------------------------------------- layer + core
@@ -229,25 +230,80 @@ def postprocess(
     return cam
 
 
-def _prepare(model: Any, x: Any) -> tuple[Adapter, jax.Array]:
+def _jittable(model: Any) -> Any:
+    """The model as a pytree that ``jax.jit`` can take, or None (an :class:`Adapter`)."""
+    if isinstance(model, (nnx.Module, LinenModel)):
+        return model
+    if isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
+        return LinenModel(model[0], model[1])
+    return None
+
+
+def _explain(
+    model: Any, x: Any, target: Target, layer: str | None, method: str, relu: bool,
+    upsample: bool, normalize: bool, opts: tuple = (),
+) -> jax.Array:
+    """Validate at the boundary, then run the (cached) jitted explainer."""
     adapter = as_adapter(model)
     x = check_images(x, "x")
-    apply_checked(adapter, x)
-    return adapter, x
-
-
-def _gradient_cam(
-    model: Any, x: Any, target: Target, layer: str | None, cam_fn: CamFn,
-    relu: bool, upsample: bool, normalize: bool,
-) -> jax.Array:
-    adapter, x = _prepare(model, x)
+    logits = apply_checked(adapter, x)
     layer, _ = resolve_layer(adapter, x, layer)
-    acts, grads, logits = activations_and_gradients(adapter, adapter.params, x, target, layer)
-    t = resolve_targets(target, logits)
-    cam = cam_fn(acts, grads)
+    if isinstance(target, str):
+        resolve_targets(target, jnp.zeros((1, 1)))  # only checks the string
+        predicted, target = True, None
+    else:
+        predicted, target = False, resolve_targets(target, logits)
+    static = dict(method=method, layer=layer, predicted=predicted, relu=relu,
+                  upsample=upsample, normalize=normalize, opts=opts)
+    tree = _jittable(model)
+    if tree is None:
+        return _explain_core(adapter, x, target, **static)
+    return _explain_jit(tree, x, target, **static)
+
+
+def _explain_core(
+    model: Any, x: jax.Array, target: jax.Array | None, *, method: str, layer: str,
+    predicted: bool, relu: bool, upsample: bool, normalize: bool, opts: tuple,
+) -> jax.Array:
+    adapter = as_adapter(model)
+    target = "predicted" if predicted else target
+    opts = dict(opts)
+    if method == "scorecam":
+        cam, t, k = _scorecam_raw(adapter, x, target, layer, **opts)
+    else:
+        acts, grads, logits = activations_and_gradients(adapter, adapter.params, x, target,
+                                                        layer)
+        t, k = resolve_targets(target, logits), logits.shape[-1]
+        cam = _CAMS[method](acts, grads, **opts)
     cam = postprocess(cam, x.shape[1:3], relu=relu, upsample=upsample, normalize=normalize)
-    ok = finite_rows(x) & valid_targets(t, logits.shape[-1])
-    return poison(cam, ok)
+    return poison(cam, finite_rows(x) & valid_targets(t, k))
+
+
+_explain_jit = jax.jit(
+    _explain_core,
+    static_argnames=("method", "layer", "predicted", "relu", "upsample", "normalize", "opts"),
+)
+
+
+def _gradcam_map(acts: jax.Array, grads: jax.Array) -> jax.Array:
+    return weighted_sum(acts, gradcam_weights(acts, grads))
+
+
+def _gradcam_pp_map(acts: jax.Array, grads: jax.Array, eps: float = 1e-6) -> jax.Array:
+    return weighted_sum(acts, gradcam_pp_weights(acts, grads, eps))
+
+
+def _xgradcam_map(acts: jax.Array, grads: jax.Array, eps: float = 1e-7) -> jax.Array:
+    return weighted_sum(acts, xgradcam_weights(acts, grads, eps))
+
+
+_CAMS: dict[str, Callable[..., jax.Array]] = {
+    "gradcam": _gradcam_map,
+    "gradcam_pp": _gradcam_pp_map,
+    "xgradcam": _xgradcam_map,
+    "layercam": layercam_map,
+    "hirescam": hirescam_map,
+}
 
 
 _ARGS_DOC = """
@@ -270,53 +326,52 @@ def gradcam(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
     relu: bool = True, upsample: bool = True, normalize: bool = True,
 ) -> jax.Array:
-    return _gradient_cam(
-        model, x, target, layer, lambda a, g: weighted_sum(a, gradcam_weights(a, g)),
-        relu, upsample, normalize,
-    )
+    return _explain(model, x, target, layer, "gradcam", relu, upsample, normalize)
 
 
 def gradcam_pp(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
     relu: bool = True, upsample: bool = True, normalize: bool = True, eps: float = 1e-6,
 ) -> jax.Array:
-    return _gradient_cam(
-        model, x, target, layer, lambda a, g: weighted_sum(a, gradcam_pp_weights(a, g, eps)),
-        relu, upsample, normalize,
-    )
+    return _explain(model, x, target, layer, "gradcam_pp", relu, upsample, normalize,
+                    (("eps", float(eps)),))
 
 
 def xgradcam(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
     relu: bool = True, upsample: bool = True, normalize: bool = True, eps: float = 1e-7,
 ) -> jax.Array:
-    return _gradient_cam(
-        model, x, target, layer, lambda a, g: weighted_sum(a, xgradcam_weights(a, g, eps)),
-        relu, upsample, normalize,
-    )
+    return _explain(model, x, target, layer, "xgradcam", relu, upsample, normalize,
+                    (("eps", float(eps)),))
 
 
 def layercam(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
     relu: bool = True, upsample: bool = True, normalize: bool = True,
 ) -> jax.Array:
-    return _gradient_cam(model, x, target, layer, layercam_map, relu, upsample, normalize)
+    return _explain(model, x, target, layer, "layercam", relu, upsample, normalize)
 
 
 def hirescam(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
     relu: bool = True, upsample: bool = True, normalize: bool = True,
 ) -> jax.Array:
-    return _gradient_cam(model, x, target, layer, hirescam_map, relu, upsample, normalize)
+    return _explain(model, x, target, layer, "hirescam", relu, upsample, normalize)
 
 
 def scorecam(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
     relu: bool = True, upsample: bool = True, normalize: bool = True, chunk_size: int = 32,
 ) -> jax.Array:
-    adapter, x = _prepare(model, x)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
-    layer, (b, h, w, c) = resolve_layer(adapter, x, layer)
+    return _explain(model, x, target, layer, "scorecam", relu, upsample, normalize,
+                    (("chunk_size", chunk_size),))
+
+
+def _scorecam_raw(
+    adapter: Adapter, x: jax.Array, target: Target, layer: str, chunk_size: int
+) -> tuple[jax.Array, jax.Array, int]:
+    """Score-CAM map (B, h, w) before post-processing, the targets (B,) and K."""
     params = adapter.params
     seen = []
 
@@ -330,10 +385,7 @@ def scorecam(
     t = resolve_targets(target, logits)
     scores = scorecam_scores(adapter, params, x, acts, t, chunk_size)
     weights = jax.nn.softmax(scores, axis=-1)
-    cam = weighted_sum(acts, weights.astype(acts.dtype))
-    cam = postprocess(cam, x.shape[1:3], relu=relu, upsample=upsample, normalize=normalize)
-    ok = finite_rows(x) & valid_targets(t, logits.shape[-1])
-    return poison(cam, ok)
+    return weighted_sum(acts, weights.astype(acts.dtype)), t, logits.shape[-1]
 
 
 def scorecam_scores(
