@@ -1,14 +1,74 @@
-"""jaxlrp: Grad-CAM, LRP and their hybrid for Flax models, with a JAX evaluation suite."""
+"""jaxlrp: Grad-CAM, LRP and their hybrid (arXiv 2405.12175) for Flax models, with a JAX
+evaluation suite.
 
+Main entry points, all pure functions ``(model, x, target) -> map`` that compose with
+``jax.jit``, ``jax.vmap`` and ``jax.grad``:
+
+* :func:`gradcam`, :func:`gradcam_pp`, :func:`xgradcam`, :func:`layercam`,
+  :func:`hirescam`, :func:`scorecam` -> (B, H, W)
+* :func:`lrp` -> (B, H, W, C) input relevance; :mod:`rules`, :mod:`composites`,
+  :mod:`canonizers` configure it
+* :func:`hybrid` -> (B, H, W) in [0, 1]
+* :mod:`metrics` and :func:`evaluate` score explanations.
+
+``model`` is a Flax NNX module, or a Linen module with its variables as a pair
+``(module, variables)`` or :func:`linen` ``(module, variables, **apply_kwargs)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from jaxlrp import explainers, metrics
+from jaxlrp.cam import gradcam, gradcam_pp, hirescam, layercam, scorecam, xgradcam
 from jaxlrp.errors import ExplanationError, UnsupportedOperationError
+from jaxlrp.hybrid import combine, hybrid
+from jaxlrp.lrp import canonizers, composites, rules
+from jaxlrp.lrp.engine import lrp
 from jaxlrp.tracing import LinenModel, layers, linen
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "evaluate": ("jaxlrp.evaluation", "evaluate"),
+    "explain_dataset": ("jaxlrp.distributed", "explain_dataset"),
+    "models": ("jaxlrp.models", None),
+    "data": ("jaxlrp.data", None),
+    "photos": ("jaxlrp.photos", None),
+    "viz": ("jaxlrp.viz", None),
+    "training": ("jaxlrp.training", None),
+    "checkpoint": ("jaxlrp.checkpoint", None),
+    "convert": ("jaxlrp.convert", None),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module_name, attr = _LAZY[name]
+        module = importlib.import_module(module_name)
+        return module if attr is None else getattr(module, attr)
+    raise AttributeError(f"module 'jaxlrp' has no attribute {name!r}")
+
+
 __all__ = [
     "ExplanationError",
-    "UnsupportedOperationError",
     "LinenModel",
+    "UnsupportedOperationError",
+    "canonizers",
+    "combine",
+    "composites",
+    "explainers",
+    "gradcam",
+    "gradcam_pp",
+    "hirescam",
+    "hybrid",
+    "layercam",
     "layers",
     "linen",
+    "lrp",
+    "metrics",
+    "rules",
+    "scorecam",
+    "xgradcam",
+    *sorted(_LAZY),
 ]

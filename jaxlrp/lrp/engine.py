@@ -215,18 +215,37 @@ def _lrp(adapter, comp, canon, init, return_layers, params, x, t):
     graph, leaves = trace(adapter.apply, params, x)
     graph = C.apply_all(graph, canon)
     _check_paths(comp, graph)
+    env = forward_env(graph, leaves, x)
+    logits = env[graph.out_id]
+    if t is None:
+        t = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    rx, layers = propagate(graph, env, comp, initial_relevance(logits, t, init), return_layers)
+    rx = poison(rx, finite_rows(x) & valid_targets(t, logits.shape[-1]))
+    if return_layers:
+        return rx, layers
+    return rx
 
+
+def forward_env(graph: Graph, leaves: Sequence[Any], x: jax.Array) -> dict[int, Any]:
+    """Run the model's equations once; returns every value by id."""
     env: dict[int, Any] = dict(graph.consts)
     for i, v in zip(graph.in_ids[:-1], leaves, strict=True):
         env[i] = v
     env[graph.x_id] = x
-    evaluate(graph.eqns, env)
-    logits = env[graph.out_id]
-    if t is None:
-        t = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    onehot = jax.nn.one_hot(t, logits.shape[-1], dtype=logits.dtype)
-    r_out = onehot * logits if init == "logit" else onehot
+    return evaluate(graph.eqns, env)
 
+
+def initial_relevance(logits: jax.Array, t: jax.Array, init: str) -> jax.Array:
+    """(B, K) relevance at the output: the target logit (``"logit"``) or 1 (``"one_hot"``)."""
+    onehot = jax.nn.one_hot(t, logits.shape[-1], dtype=logits.dtype)
+    return onehot * logits if init == "logit" else onehot
+
+
+def propagate(
+    graph: Graph, env: dict, comp: Any, r_out: jax.Array, return_layers: bool = False
+) -> tuple[jax.Array, list[LayerRelevance]]:
+    """Walk the layers backwards from ``r_out`` at the output to the input relevance."""
+    logits = env[graph.out_id]
     relevance: dict[int, Any] = {graph.out_id: r_out}
     convs = [n for n in graph.nodes if n.kind == "conv"]
     first_conv = convs[0] if convs else None
@@ -238,8 +257,7 @@ def _lrp(adapter, comp, canon, init, return_layers, params, x, t):
         outs = [jnp.zeros(graph.shapes[o], logits.dtype) if r is None else r
                 for o, r in zip(node.outs, outs, strict=True)]
         r = outs[0] if len(outs) == 1 else tuple(outs)
-        ctx = _context(node, first_conv)
-        rule = comp(ctx)
+        rule = comp(_context(node, first_conv))
         if rule is None:
             rule = K.DEFAULTS.get(node.kind, R.Gradient())
         if node.kind in ("conv", "dense"):
@@ -254,10 +272,60 @@ def _lrp(adapter, comp, canon, init, return_layers, params, x, t):
         if return_layers and node.kind in ("conv", "dense", "pool", "sum"):
             value = r_in[0] if len(r_in) == 1 else tuple(r_in)
             layers.append(LayerRelevance(node.kind, node.path, type(rule).__name__, value))
+    x = env[graph.x_id]
+    return relevance.get(graph.x_id, jnp.zeros_like(x)), layers[::-1]
 
-    rx = relevance.get(graph.x_id, jnp.zeros_like(x))
-    ok = finite_rows(x) & valid_targets(t, logits.shape[-1])
-    rx = poison(rx, ok)
-    if return_layers:
-        return rx, layers[::-1]
-    return rx
+
+def lrp_with_layer_gradient(
+    adapter, comp, canon, init, params, x, t, layer: str
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """LRP and the activation/gradient at ``layer`` from ONE shared forward pass.
+
+    The model is traced with a zero ``delta`` added to ``layer``'s output (an extra
+    input of the jaxpr); the forward equations run once under ``jax.vjp`` w.r.t.
+    ``delta``, giving the gradient of ``sum_b logits[b, t_b]`` at the layer for the CAM,
+    while the same forward values feed the relevance pass.
+
+    Returns:
+      (input relevance (B,H,W,C), activations (B,h,w,c), gradients (B,h,w,c),
+      logits (B,K), targets (B,)).
+    """
+    seen = []
+
+    def probe(path, module, out):
+        if path == layer:
+            seen.append(out)
+        return out
+
+    shape = jax.eval_shape(lambda p, xx: adapter.apply(p, xx, hook=probe), params, x)
+    del shape
+    a_shape = seen[0].shape if seen else None
+    if a_shape is None:
+        raise ExplanationError(f"layer: no submodule {layer!r} is called by the model")
+    delta0 = jnp.zeros(a_shape, x.dtype)
+
+    def apply_with_delta(pd, xx):
+        p, d = pd
+
+        def hook(path, module, out):
+            return out + d if path == layer else out
+
+        return adapter.apply(p, xx, hook=hook)
+
+    graph, leaves = trace(apply_with_delta, (params, delta0), x)
+    delta_id = graph.in_ids[-2]
+    graph = C.apply_all(graph, canon)
+    _check_paths(comp, graph)
+    acts_id = next(e.outs[0] for e in graph.eqns if delta_id in e.ins)
+
+    def forward(delta):
+        env = forward_env(graph, list(leaves[:-1]) + [delta], x)
+        return env[graph.out_id], env
+
+    logits, vjp, env = jax.vjp(forward, delta0, has_aux=True)
+    if t is None:
+        t = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    onehot = jax.nn.one_hot(t, logits.shape[-1], dtype=logits.dtype)
+    (grads,) = vjp(onehot)
+    rx, _ = propagate(graph, env, comp, initial_relevance(logits, t, init))
+    return rx, env[acts_id], grads, logits, t
