@@ -255,8 +255,10 @@ def nnx_to_linen(model: ResNet) -> tuple[ResNetLinen, dict]:
 
 
 def linen_to_nnx(module: ResNetLinen, variables: Any) -> ResNet:
-    """A :class:`ResNet` holding ``variables`` of the Linen ``module``."""
+    """A :class:`ResNet` holding ``variables`` of the Linen ``module``, in eval mode."""
     if not isinstance(module, ResNetLinen):
         raise ExplanationError(f"module: expected a ResNetLinen, got {type(module).__name__}")
     model = ResNet(**module.config(), rngs=nnx.Rngs(0))
-    return load_linen_variables(model, variables)
+    load_linen_variables(model, variables)
+    model.eval()
+    return model

@@ -393,8 +393,10 @@ def nnx_to_linen(model: VGG) -> tuple[VGGLinen, dict]:
 
 
 def linen_to_nnx(module: VGGLinen, variables: Any) -> VGG:
-    """A :class:`VGG` holding ``variables`` of the Linen ``module``."""
+    """A :class:`VGG` holding ``variables`` of the Linen ``module``, in eval mode."""
     if not isinstance(module, VGGLinen):
         raise ExplanationError(f"module: expected a VGGLinen, got {type(module).__name__}")
     model = VGG(**module.config(), rngs=nnx.Rngs(0))
-    return load_linen_variables(model, variables)
+    load_linen_variables(model, variables)
+    model.eval()
+    return model

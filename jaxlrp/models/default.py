@@ -1,0 +1,145 @@
+"""The shipped default model: a small VGG trained on the embedded shapes dataset.
+
+* :func:`default_model` / :func:`load_default_model` load the checkpoint shipped at
+  ``jaxlrp/assets/default_vgg.msgpack`` (cached; each call returns a fresh module).
+* :func:`train_default` is the exact recipe that produced it (``jaxlrp train`` calls it).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from jaxlrp import checkpoint
+from jaxlrp.errors import ExplanationError
+from jaxlrp.models.vgg import VGG
+
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "assets" / "default_vgg.msgpack"
+
+# The architecture of the shipped model (constructor kwargs of VGG).
+CONFIG: dict[str, Any] = {
+    "num_classes": 8,
+    "widths": (16, 32, 64),
+    "convs_per_block": 1,
+    "batch_norm": False,
+    "dense": (64,),
+    "in_channels": 3,
+    "input_size": 64,
+}
+
+# The training recipe of the shipped model.
+RECIPE: dict[str, Any] = {
+    "train_examples": 6144,  # first examples of embedded("train", seed=0)
+    "epochs": 8,
+    "batch_size": 128,
+    "lr": 2e-3,
+    "weight_decay": 1e-4,
+    "seed": 0,  # model init, shuffling and augmentation
+    "augment": "flips+rot90",
+}
+
+
+def flip_rotate(rng: np.random.Generator, images: np.ndarray) -> np.ndarray:
+    """Random horizontal flip and rotation by a multiple of 90 degrees, per image.
+
+    All eight embedded shape classes keep their label under these symmetries.
+    images: (B, H, W, C) with H == W.
+    """
+    out = np.array(images, copy=True)
+    flip = rng.random(len(out)) < 0.5
+    out[flip] = out[flip, :, ::-1]
+    turns = rng.integers(0, 4, len(out))
+    for k in (1, 2, 3):
+        sel = turns == k
+        out[sel] = np.rot90(out[sel], k, axes=(1, 2))
+    return out
+
+
+def train_default(
+    path: str | os.PathLike | None = None,
+    *,
+    epochs: int | None = None,
+    train_examples: int | None = None,
+    seed: int | None = None,
+    batch_norm: bool = False,
+    progress: bool = True,
+) -> tuple[VGG, dict]:
+    """Train the default VGG on the embedded dataset with :data:`RECIPE`.
+
+    Args:
+      path: where to save the checkpoint (``None``: do not save).
+      epochs, train_examples, seed: override the recipe's values.
+      batch_norm: train the BatchNorm variant of the architecture instead.
+      progress: show a progress bar.
+    Returns:
+      ``(model, info)`` where ``info`` records the recipe, the test accuracy on the
+      full embedded test split (seed 0), the training wall time and the history.
+    """
+    from jaxlrp.data import embedded
+    from jaxlrp.training import evaluate_accuracy, train
+
+    recipe = dict(RECIPE)
+    for key, value in (("epochs", epochs), ("train_examples", train_examples), ("seed", seed)):
+        if value is not None:
+            recipe[key] = value
+    config = {**CONFIG, "batch_norm": bool(batch_norm)}
+    data = embedded("train", n=recipe["train_examples"], seed=0)
+    test = embedded("test", seed=0)
+    model = VGG(**config, rngs=nnx.Rngs(recipe["seed"]))
+    start = time.perf_counter()
+    model, history = train(
+        model, data, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
+        lr=recipe["lr"], weight_decay=recipe["weight_decay"], seed=recipe["seed"],
+        augment=flip_rotate, progress=progress,
+    )
+    seconds = time.perf_counter() - start
+    accuracy = evaluate_accuracy(model, test)
+    info = {
+        "dataset": "embedded",
+        "recipe": recipe,
+        "test_accuracy": accuracy,
+        "test_examples": len(test),
+        "train_seconds": round(seconds, 1),
+        "history": {k: v for k, v in history.items() if k != "seconds"},
+    }
+    if path is not None:
+        checkpoint.save(path, model, metadata=info)
+        _cached.cache_clear()
+    return model, info
+
+
+def load_default_model(path: str | os.PathLike | None = None) -> VGG:
+    """Load the default VGG (eval mode) from ``path`` or the shipped checkpoint.
+
+    The file is read once per process (and again when it changes); each call returns
+    a new module, so changing one does not affect the others.
+    """
+    p = Path(path) if path is not None else DEFAULT_PATH
+    if not p.is_file():
+        raise ExplanationError(
+            f"path: no default-model checkpoint at {str(p)!r}; create it with `jaxlrp train`"
+            if path is None else f"path: no checkpoint file at {str(p)!r}"
+        )
+    graphdef, state = _cached(str(p.resolve()), p.stat().st_mtime_ns)
+    model = nnx.merge(graphdef, state)
+    model.eval()
+    return model
+
+
+def default_model() -> VGG:
+    """The shipped trained VGG for the embedded dataset: (B, 64, 64, 3) in [0, 1] -> (B, 8)."""
+    return load_default_model()
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(path: str, mtime_ns: int) -> tuple[Any, Any]:
+    model = checkpoint.load(path)
+    if not isinstance(model, VGG):
+        raise ExplanationError(f"path: {path} does not hold a VGG, got {type(model).__name__}")
+    return nnx.split(model)
