@@ -108,3 +108,20 @@ def resize_uint8(image: np.ndarray, size: tuple[int, int], nearest: bool = False
     if image.shape[-1] in (3, 4):
         return one(image)
     return np.stack([one(image[..., c]) for c in range(image.shape[-1])], axis=-1)
+
+
+def resize_float(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize (H, W, C) float to ``size`` = (h, w): PIL bilinear with antialiasing, in float32."""
+    from PIL import Image
+
+    if image.shape[:2] == size:
+        return image
+    planes = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(image[..., c], np.float32)).resize(
+                (size[1], size[0]), resample=Image.BILINEAR
+            )
+        )
+        for c in range(image.shape[-1])
+    ]
+    return np.stack(planes, axis=-1)

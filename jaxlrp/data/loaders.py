@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 
 from jaxlrp.data.dataset import Dataset
-from jaxlrp.data.images import parse_size, resize_uint8
+from jaxlrp.data.images import parse_size, resize_float, resize_uint8
 from jaxlrp.data.synthetic import _check_n, embedded
 from jaxlrp.errors import ExplanationError
 
 _BACKGROUND: dict[str, tuple[int, ...]] = {"oxford_iiit_pet": (2,)}
 _DEFAULT_BACKGROUND = (0,)
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601
 _VALID_FORMS = "'embedded' or 'tfds:NAME' (e.g. 'tfds:oxford_iiit_pet', 'tfds:mnist')"
 
 
@@ -98,25 +99,28 @@ def load(
 
 
 def _convert(ds: Dataset, size: tuple[int, int] | None, channels: int | None) -> Dataset:
-    """Resize and change channels of an in-memory float Dataset (embedded only)."""
+    """Resize and change the channels of an in-memory float Dataset (embedded)."""
     if size is None and channels in (None, ds.images.shape[-1]):
         return ds
-    images = np.round(ds.images * 255).astype(np.uint8)
-    masks = None if ds.masks is None else ds.masks.astype(np.uint8)
-    out_i, out_m = [], []
-    for i in range(len(ds)):
-        img = _channels(images[i], channels)
-        m = None if masks is None else masks[i]
-        if size is not None:
-            img = resize_uint8(img, size)
-            m = None if m is None else resize_uint8(m, size, nearest=True)
-        out_i.append(img)
-        out_m.append(m)
+    images = ds.images
+    if channels == 1 and images.shape[-1] != 1:
+        images = images[..., :3] @ _LUMA
+        images = images[..., None]
+    elif channels == 3 and images.shape[-1] != 3:
+        images = np.repeat(images[..., :1], 3, axis=-1)
+    masks = ds.masks
+    if size is not None:
+        images = np.stack([resize_float(im, size) for im in images])
+        if masks is not None:
+            masks = np.stack(
+                [resize_uint8(m.astype(np.uint8), size, nearest=True) for m in masks]
+            ).astype(bool)
     return Dataset(
-        images=np.stack(out_i).astype(np.float32) / 255,
+        images=np.clip(images, 0, 1).astype(np.float32),
         labels=ds.labels,
-        masks=None if masks is None else np.stack(out_m).astype(bool),
+        masks=masks,
         class_names=ds.class_names,
+        meta=ds.meta if size is None else {},  # pixel positions no longer apply
     )
 
 
@@ -132,7 +136,7 @@ def _channels(img: np.ndarray, channels: int | None) -> np.ndarray:
             return np.repeat(img[..., :1], 3, axis=-1)
         return img[..., :3]  # RGBA
     rgb = _channels(img, 3).astype(np.float32)
-    luma = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    luma = rgb @ _LUMA
     return np.round(luma).astype(np.uint8)[..., None]
 
 
