@@ -198,8 +198,9 @@ def apply_checked(adapter: Adapter, x: jax.Array, name: str = "x") -> jax.ShapeD
     """
     try:
         out = jax.eval_shape(adapter.apply, adapter.params, jax.ShapeDtypeStruct(x.shape, x.dtype))
-    except ExplanationError:
-        raise
+    except ExplanationError as e:
+        # raised by the model's own checks inside the trace: drop JAX's traceback note
+        raise type(e)(str(e).split("\n-----")[0]) from None
     except (TypeError, ValueError, IndexError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ExplanationError(
