@@ -220,7 +220,8 @@ class Results:
         text = p.read_text() if not str(path_or_text).lstrip().startswith("{") else path_or_text
         return cls.from_dict(json.loads(text))
 
-    def save(self, out_dir: str | os.PathLike, chart: bool = True) -> list[Path]:
+    def save(self, out_dir: str | os.PathLike, chart: bool = True,
+             title: str | None = None) -> list[Path]:
         """Write ``results.json``, ``results.md`` and (``chart``) ``results.png``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -234,7 +235,9 @@ class Results:
                 _report(f"no chart written: {_error_text(e)}")
                 return paths
             png = out / "results.png"
-            metric_chart(self.table(), self.categories(), png)
+            metric_chart(self.table(), self.categories(), png,
+                         higher_is_better={m.name: m.higher_is_better for m in self.metrics},
+                         title=title)
             paths.append(png)
         return paths
 
