@@ -125,11 +125,21 @@ def max_normalize(maps: jax.Array) -> jax.Array:
     return jnp.where(ok, maps / safe, maps)
 
 
+# OpenCV's getGaussianKernel tables for sigma <= 0 and small odd sizes (OpenCV 5.0).
+_CV_SMALL_KERNELS = {
+    1: (1.0,),
+    3: (0.25, 0.5, 0.25),
+    5: (0.0625, 0.25, 0.375, 0.25, 0.0625),
+    7: (0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125),
+    9: tuple(v / 256 for v in (4, 13, 30, 51, 60, 51, 30, 13, 4)),
+}
+
+
 def gaussian_kernel(ksize: int, sigma: float) -> np.ndarray:
     """1-D Gaussian weights as ``cv2.getGaussianKernel(ksize, sigma)`` (sigma > 0), float64.
 
-    A ``sigma <= 0`` is derived from ``ksize`` as OpenCV does:
-    ``0.3 * ((ksize - 1) * 0.5 - 1) + 0.8``.
+    A ``sigma <= 0`` is derived from ``ksize`` as OpenCV does: its fixed binomial-like
+    tables for ksize 1 to 9, otherwise sigma = ``0.3 * ((ksize - 1) * 0.5 - 1) + 0.8``.
     """
     if isinstance(ksize, bool) or not isinstance(ksize, (int, np.integer)) or ksize <= 0 \
             or ksize % 2 == 0:
@@ -138,6 +148,8 @@ def gaussian_kernel(ksize: int, sigma: float) -> np.ndarray:
     if not np.isfinite(sigma):
         raise ExplanationError(f"sigma: expected a finite number, got {sigma}")
     if sigma <= 0:
+        if ksize in _CV_SMALL_KERNELS:
+            return np.asarray(_CV_SMALL_KERNELS[ksize], np.float64)
         sigma = 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
     x = np.arange(ksize, dtype=np.float64) - (ksize - 1) / 2
     g = np.exp(-(x * x) / (2 * sigma * sigma))

@@ -60,8 +60,10 @@ def test_blur_default_kernel_and_batch_axes():
     g = image.gaussian_kernel(5, 4.0)
     assert g.shape == (5,) and abs(g.sum() - 1) < 1e-15 and np.allclose(g, g[::-1])
     assert g[2] > g[1] > g[0]
-    # sigma <= 0 -> OpenCV's size-derived sigma (0.3*((k-1)/2-1)+0.8 = 1.1 for k=5)
-    np.testing.assert_allclose(image.gaussian_kernel(5, 0), image.gaussian_kernel(5, 1.1))
+    # sigma <= 0: OpenCV's table for k <= 9, else the size-derived sigma
+    # 0.3*((k-1)/2-1)+0.8 (= 2.0 for k=11)
+    np.testing.assert_allclose(image.gaussian_kernel(5, 0), np.array([1, 4, 6, 4, 1]) / 16)
+    np.testing.assert_allclose(image.gaussian_kernel(11, -1), image.gaussian_kernel(11, 2.0))
     x = jnp.asarray(np.random.default_rng(0).random((2, 3, 10, 11)), jnp.float32)
     out = image.gaussian_blur(x)
     assert out.shape == x.shape
