@@ -316,7 +316,8 @@ def static_key(adapter: Adapter) -> Any:
         return ("nnx", adapter.graphdef)
     if isinstance(adapter, LinenAdapter):
         treedef = jax.tree_util.tree_structure(adapter.params)
-        return ("linen", hashable(adapter.module), treedef, hashable(adapter.apply_kwargs))
+        kwargs = tuple(sorted(adapter.apply_kwargs.items()))  # a dict would key by id
+        return ("linen", hashable(adapter.module), treedef, hashable(kwargs))
     return ("other", id(adapter))
 
 
