@@ -12,7 +12,8 @@ Images are ``(H, W, 3)`` (or ``(H, W)`` / ``(H, W, 1)`` grey) uint8 in 0..255 or
 in [0, 1]; maps are ``(H, W)`` (any resolution: a map is stretched over the whole image,
 edge to edge, as a bilinear upsampling with ``align_corners=False`` would place it).
 Non-negative maps use ``jet``; signed maps (LRP relevance) use the diverging ``bwr``
-centred at 0, with opacity growing with ``|value|`` so that zero relevance shows the photo.
+centred at 0, saturating at the 99th percentile of ``|value|`` (:data:`SIGNED_PERCENTILE`),
+with opacity growing with ``|value|`` so that zero relevance shows the photo.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ DPI = 100
 
 PANEL_INCHES = 3.2
 """Side of one image panel in :func:`compare` and in grids."""
+
+SIGNED_PERCENTILE = 99.0
+"""Signed maps saturate at this percentile of ``|value|`` (LRP relevance is heavy-tailed:
+a few pixels can hold most of it, which would leave the rest of a max-scaled map blank)."""
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -105,6 +110,20 @@ def _title(title: str | None, class_name: str | None) -> str | None:
     return "\n".join(parts) if parts else None
 
 
+def signed_scale(heatmap: np.ndarray, percentile: float | None = SIGNED_PERCENTILE) -> float:
+    """The colour-scale bound ``m`` of a signed map: a percentile of ``|value|`` (or the max).
+
+    Falls back to the max when the percentile is 0; 1 for an all-zero or all-NaN map.
+    """
+    finite = np.abs(heatmap[np.isfinite(heatmap)])
+    if finite.size == 0:
+        return 1.0
+    m = float(np.percentile(finite, percentile)) if percentile is not None else 0.0
+    if not m > 0:
+        m = float(finite.max())
+    return m if m > 0 else 1.0
+
+
 def draw_map(
     ax: Any,
     image: np.ndarray,
@@ -113,13 +132,15 @@ def draw_map(
     cmap: str | None = None,
     alpha: float = 0.5,
     signed: bool | None = None,
+    percentile: float | None = SIGNED_PERCENTILE,
 ) -> Any:
     """Draw ``heatmap`` over ``image`` on ``ax``; return the map's ``AxesImage``.
 
     ``signed=None`` decides from the values. Unsigned maps are drawn with ``cmap``
     (default ``jet``) from their min to their max at constant opacity ``alpha``; signed
-    maps with ``cmap`` (default ``bwr``) on ``[-m, m]``, ``m = max |value|``, with
-    opacity ``alpha * |value| / m`` (transparent where the relevance is 0).
+    maps with ``cmap`` (default ``bwr``) on ``[-m, m]`` with ``m`` the ``percentile``-th
+    percentile of ``|value|`` (None: the max; values beyond ``m`` saturate), with opacity
+    ``alpha * min(|value| / m, 1)`` (transparent where the relevance is 0).
     """
     h, w = image.shape[:2]
     extent = (-0.5, w - 0.5, h - 0.5, -0.5)  # both layers cover the same pixel area
@@ -127,8 +148,7 @@ def draw_map(
     signed = is_signed(heatmap) if signed is None else signed
     finite = heatmap[np.isfinite(heatmap)]
     if signed:
-        m = float(np.abs(finite).max()) if finite.size else 1.0
-        m = m if m > 0 else 1.0
+        m = signed_scale(heatmap, percentile)
         norm = mcolors.Normalize(vmin=-m, vmax=m)
         opacity = np.nan_to_num(alpha * np.clip(np.abs(heatmap) / m, 0.0, 1.0))
         im = ax.imshow(heatmap, cmap=cmap or "bwr", norm=norm, alpha=opacity, extent=extent,
@@ -157,6 +177,7 @@ def overlay(
     ax: Any = None,
     colorbar: bool = True,
     signed: bool | None = None,
+    percentile: float | None = SIGNED_PERCENTILE,
 ) -> Figure:
     """One heatmap over its image.
 
@@ -172,6 +193,7 @@ def overlay(
       colorbar: add a colour bar.
       signed: force the signed (diverging, centred at 0) or unsigned style; None decides
         from the values.
+      percentile: signed maps saturate at this percentile of ``|value|`` (None: the max).
     Returns:
       The Figure (``ax.figure`` when ``ax`` is given).
     """
@@ -186,22 +208,23 @@ def overlay(
         ax = fig.add_subplot()
     else:
         fig = ax.figure
-    im = draw_map(ax, img, hm, cmap=chosen, alpha=alpha, signed=signed)
+    im = draw_map(ax, img, hm, cmap=chosen, alpha=alpha, signed=signed, percentile=percentile)
     text = _title(title, class_name)
     if text:
         ax.set_title(text, fontsize=10)
     if colorbar:
-        _colorbar(fig, ax, im, signed, alpha)
+        _colorbar(fig, ax, im, signed, percentile)
     return fig
 
 
-def _colorbar(fig: Figure, ax: Any, im: Any, signed: bool, alpha: float) -> Any:
-    # The bar shows the colours at full map opacity (signed: at alpha for |value| = m).
+def _colorbar(fig: Figure, ax: Any, im: Any, signed: bool, percentile: float | None) -> Any:
+    # The bar shows the colours at full opacity.
     mappable = matplotlib.cm.ScalarMappable(norm=im.norm, cmap=im.cmap)
     bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.03)
     bar.ax.tick_params(labelsize=8)
     if signed:
-        bar.set_label("relevance (signed)", fontsize=8)
+        label = "signed" if percentile is None else f"signed, saturates at p{percentile:g} |value|"
+        bar.set_label(label, fontsize=8)
     return bar
 
 
@@ -212,6 +235,7 @@ def compare(
     class_name: str | None = None,
     title: str | None = None,
     alpha: float = 0.5,
+    percentile: float | None = SIGNED_PERCENTILE,
 ) -> Figure:
     """The image, then each map over it, side by side, each with its colour bar.
 
@@ -222,6 +246,7 @@ def compare(
         with "LRP", are drawn signed (``bwr`` centred at 0).
       class_name: the predicted class, shown in the figure's title.
       title: figure title (before the class name).
+      alpha, percentile: as in :func:`overlay`.
     Returns:
       A Figure of ``(1 + len(maps)) * 3.2`` x 3.6 inches (100 dpi when saved).
     """
@@ -238,9 +263,9 @@ def compare(
     axes[0].set_axis_off()
     for ax, (name, hm) in zip(axes[1:], arrays.items(), strict=True):
         signed = is_signed(hm) or name.lower().startswith("lrp")
-        im = draw_map(ax, img, hm, alpha=alpha, signed=signed)
+        im = draw_map(ax, img, hm, alpha=alpha, signed=signed, percentile=percentile)
         ax.set_title(name, fontsize=10)
-        _colorbar(fig, ax, im, signed, alpha)
+        _colorbar(fig, ax, im, signed, percentile)
     text = _title(title, class_name)
     if text:
         fig.suptitle(text.replace("\n", " - "), fontsize=11)
@@ -254,6 +279,7 @@ def grid(
     row_labels: list[str] | None = None,
     title: str | None = None,
     alpha: float = 0.5,
+    percentile: float | None = SIGNED_PERCENTILE,
 ) -> Figure:
     """Rows of ``image | map 1 | map 2 | ...``: one row per image, one column per method.
 
@@ -262,6 +288,7 @@ def grid(
       maps: column title -> N maps (h, w) (signed columns as in :func:`compare`).
       row_labels: N labels shown left of each row (e.g. the predicted class).
       title: figure title.
+      alpha, percentile: as in :func:`overlay`.
     """
     n = len(images)
     if n == 0:
@@ -289,7 +316,8 @@ def grid(
         if row_labels is not None:
             axes[i, 0].set_ylabel(row_labels[i], fontsize=9)
         for j, (name, column) in enumerate(maps.items(), start=1):
-            draw_map(axes[i, j], img, as_map(column[i]), alpha=alpha, signed=signed_cols[name])
+            draw_map(axes[i, j], img, as_map(column[i]), alpha=alpha, signed=signed_cols[name],
+                     percentile=percentile)
             if i == 0:
                 axes[i, j].set_title(name, fontsize=10)
     axes[0, 0].set_title("input", fontsize=10)
@@ -427,6 +455,7 @@ __all__ = [
     "draw_map",
     "grid",
     "is_signed",
+    "signed_scale",
     "metric_chart",
     "overlay",
     "save",
