@@ -356,3 +356,23 @@ def test_constant_input_channel_weighted_maps_are_zero(model, name):
     out = _f(name)(m0, jnp.zeros((2, SIZE, SIZE, 3)), 1)
     assert not jnp.isnan(out).any()
     np.testing.assert_allclose(out, 0.0, atol=1e-6)
+
+
+def test_param_gradients_agree_for_nnx_and_linen(model, x):
+    """jax.grad w.r.t. the model itself: an NNX module and a jaxlrp.linen model are pytrees,
+    and the same parameters give the same gradients."""
+    gn = jax.grad(lambda m: cam.gradcam(m, x, TARGETS).sum())(model)
+    gl = jax.grad(lambda m: cam.gradcam(m, x, TARGETS).sum())(_linen_twin(model))
+    assert isinstance(gn, Net) and isinstance(gl, jaxlrp.LinenModel)
+    assert jnp.abs(gn.b1.conv.kernel[...]).max() > 0
+    for a, b in [(gl.variables["params"]["b1"]["conv"]["kernel"], gn.b1.conv.kernel[...]),
+                 (gl.variables["params"]["head"]["kernel"], gn.head.kernel[...])]:
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(jnp.abs(b).max()))
+
+
+def test_layer_list_cache_keeps_errors(model, x):
+    cam.gradcam(model, x, 0)  # fills the shape cache for this model and input shape
+    with pytest.raises(ExplanationError, match="no submodule 'nope'"):
+        cam.gradcam(model, x, 0, "nope")
+    with pytest.raises(ExplanationError, match="out of range"):
+        cam.gradcam(model, x, CLASSES + 1)
