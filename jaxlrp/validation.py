@@ -60,7 +60,9 @@ def check_images(x: Any, name: str = "x", channels: int | None = None) -> jax.Ar
             "preprocessing"
         )
     if is_concrete(x):
-        finite = np.asarray(jnp.isfinite(x).reshape(x.shape[0], -1).all(axis=1))
+        # compile-time eval: a concrete constant inside an outer jit stays concrete
+        with jax.ensure_compile_time_eval():
+            finite = np.asarray(jnp.isfinite(x).reshape(x.shape[0], -1).all(axis=1))
         if not finite.all():
             bad = np.flatnonzero(~finite).tolist()
             raise ExplanationError(

@@ -37,7 +37,8 @@ from jaxlrp.validation import check_images, is_concrete
 def check_finite_maps(a: jax.Array, name: str = "a") -> None:
     """Raise when a concrete map batch contains NaN or Inf (examples listed)."""
     if is_concrete(a):
-        ok = np.asarray(jnp.isfinite(a).reshape(a.shape[0], -1).all(axis=1))
+        with jax.ensure_compile_time_eval():  # a constant inside an outer jit stays concrete
+            ok = np.asarray(jnp.isfinite(a).reshape(a.shape[0], -1).all(axis=1))
         if not ok.all():
             bad = np.flatnonzero(~ok).tolist()
             raise ExplanationError(
@@ -105,7 +106,8 @@ def prepare_masks(masks: Any, shape: tuple[int, int, int], name: str = "masks") 
         )
     m = m.astype(bool).reshape(shape[0], -1)
     if is_concrete(m):
-        empty = np.flatnonzero(~np.asarray(m.any(axis=1)))
+        with jax.ensure_compile_time_eval():
+            empty = np.flatnonzero(~np.asarray(m.any(axis=1)))
         if empty.size:
             raise ExplanationError(
                 f"{name}: the mask of example(s) {empty[:10].tolist()} is empty; localisation "
