@@ -146,3 +146,38 @@ def test_init_is_seeded_he_normal():
     abstract = nnx.eval_shape(lambda: VGG(widths=(32,), dense=(), input_size=8,
                                           rngs=nnx.Rngs(0)))
     assert abstract.features[0].conv.kernel.shape == (3, 3, 3, 32)
+
+
+def test_flip_rotate_keeps_pixels():
+    from jaxlrp.models.default import flip_rotate
+
+    x = np.random.default_rng(0).random((16, 6, 6, 3), dtype=np.float32)
+    y = flip_rotate(np.random.default_rng(1), x)
+    assert y.shape == x.shape
+    for a, b in zip(x, y, strict=True):  # each output is one of the 8 dihedral images of its input
+        variants = [np.rot90(v, k) for v in (a, a[:, ::-1]) for k in range(4)]
+        assert any(np.array_equal(b, v) for v in variants)
+    assert not np.array_equal(x, y)
+
+
+def test_shipped_default_model():
+    from jaxlrp import checkpoint
+    from jaxlrp.data import embedded
+    from jaxlrp.models import default_model, load_default_model
+    from jaxlrp.models.default import DEFAULT_PATH
+    from jaxlrp.training import evaluate_accuracy
+
+    assert DEFAULT_PATH.stat().st_size < 5 * 2**20
+    header = checkpoint.read_header(DEFAULT_PATH)
+    assert header["architecture"] == "VGG"
+    model = default_model()
+    assert isinstance(model, VGG) and model.config() == header["config"]
+    # a fresh sample: the test split with seed 7 (training used the train split, seed 0)
+    test = embedded("test", n=600, seed=7)
+    assert evaluate_accuracy(model, test) >= 0.95
+    # every call returns an independent module
+    other = load_default_model()
+    other.head.bias[...] = other.head.bias[...] + 100.0
+    assert float(jnp.abs(default_model().head.bias[...] - model.head.bias[...]).max()) == 0.0
+    with pytest.raises(ExplanationError, match="no checkpoint file"):
+        load_default_model("/nonexistent/default.msgpack")
