@@ -148,7 +148,8 @@ def markdown(info: dict, results: list[dict], args) -> str:
     for r in results:
         parts += [f"## {r['workload']}, batch {r['batch']}, image {tuple(r['image'])}", "",
                   f"Model: {r['model']}. Twin logits max |diff| "
-                  f"{r['twin_logits_max_abs_diff']:.2e}; hybrid maps max |diff| (jaxlrp vs peers, peers clipped to [0, 1]) "
+                  f"{r['twin_logits_max_abs_diff']:.2e}; hybrid maps max |diff| "
+                  "(jaxlrp vs peers, peers clipped to [0, 1]) "
                   f"{r['hybrid_maps_max_abs_diff']:.2e}.", ""]
         rows = []
         for k in ("forward", "input_gradient", "gradcam_pp", "lrp", "hybrid"):
@@ -165,7 +166,8 @@ def markdown(info: dict, results: list[dict], args) -> str:
         parts += ["- JAX hybrid / JAX input gradient: "
                   f"**{rr['jax_hybrid_over_input_gradient']:.2f}x** (target <= 1.6)",
                   "- peers' pipeline / jaxlrp hybrid: "
-                  f"**{rr['peer_pipeline_over_jax_hybrid']:.2f}x** (jitted), {rr['peer_pipeline_over_jax_hybrid_eager']:.2f}x (eager call)", ""]
+                  f"**{rr['peer_pipeline_over_jax_hybrid']:.2f}x** (jitted), "
+                  f"{rr['peer_pipeline_over_jax_hybrid_eager']:.2f}x (eager call)", ""]
     return "\n".join(parts)
 
 
