@@ -71,6 +71,7 @@ __all__ = [
     "postprocess",
     "resolve_layer",
     "scorecam",
+    "scorecam_scores",
     "weighted_sum",
     "xgradcam",
     "xgradcam_weights",
