@@ -240,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExplanationError as e:
         _fail(args.command, str(e))
         return 2
+    except OSError as e:  # an unwritable --out, a full disk: no traceback, exit 1
+        _fail(args.command, f"{type(e).__name__}: {e}")
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -643,9 +646,13 @@ inputs >= 0, as the default model's [0, 1] images; EfficientNet-Lite0's inputs l
 uses Flat at the input layer, z+ on the other convolutions and epsilon on the dense layer."""
 
 
-def _demo_part(lm: LoadedModel, names: list[str], xs: list, out: Path,
-               title: str, expected: list[str], composite: str | None) -> list[Path]:
-    """Explain one batch (Grad-CAM++ | LRP | hybrid), write per-image and grid figures."""
+def _demo_part(lm: LoadedModel, names: list[str], xs: list, out: Path, title: str,
+               expected: list[str], composite: str | None, truth: bool) -> list[Path]:
+    """Explain one batch (Grad-CAM++ | LRP | hybrid), write per-image and grid figures.
+
+    ``expected``: per image, the reference label (``truth``: the ground truth, shown in
+    the grid; else the reference PyTorch model's prediction, only printed).
+    """
     import numpy as np
 
     from jaxlrp import viz
@@ -666,7 +673,8 @@ def _demo_part(lm: LoadedModel, names: list[str], xs: list, out: Path,
         path = out / f"{name}_compare.png"
         viz.save(viz.compare(shown[i], panels, class_name=cls, title=name), path)
         written.append(path)
-        labels.append(f"{cls} ({probs[i, preds[i]]:.2f})")
+        labels.append(f"{cls} ({probs[i, preds[i]]:.2f})"
+                      + (f"\ntrue: {expected[i]}" if truth else ""))
         ok = "" if expected[i] is None else ("  [as expected]" if cls == expected[i]
                                               else f"  [expected {expected[i]}]")
         _say(f"  {name}: predicted {cls!r}, p={probs[i, preds[i]]:.2f}{ok}")
@@ -698,7 +706,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     xs = [lm.prepare(p.image) for p in items]
     written = _demo_part(lm, [p.name for p in items], xs, out / "photos",
                          f"EfficientNet-Lite0: Grad-CAM++ | LRP ({comp}) | hybrid",
-                         [p.label_name for p in items], comp)
+                         [p.label_name for p in items], comp, truth=False)
     grids.append(written[-1])
 
     _say("Default model (VGG) on embedded test images (LRP composite paper):")
@@ -715,7 +723,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         written = _demo_part(lm, names, xs, out / "embedded",
                              "Default VGG: Grad-CAM++ | LRP (paper) | hybrid",
                              [data.class_names[int(y)] for y in data.labels],
-                             DEMO_COMPOSITES["default"])
+                             DEMO_COMPOSITES["default"], truth=True)
         grids.append(written[-1])
     _say(f"Wrote per-image figures to {out / 'photos'} and {out / 'embedded'}; grids: "
          + ", ".join(str(g) for g in grids)
