@@ -709,11 +709,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'embedded' (test split, with masks), 'photos' (bundled real "
                              "photos, no masks) or 'tfds:NAME'; default: embedded for the "
                              "default model, photos for efficientnet-lite0")
-    parser.add_argument("--n", type=int, default=100, help="number of examples (default 100)")
+    parser.add_argument("--n", type=int, default=100, help="number of examples")
     parser.add_argument("--explainers", default=",".join(DEFAULT_EXPLAINERS),
-                        help="comma-separated explainer names (default: %(default)s)")
+                        help="comma-separated explainer names")
     parser.add_argument("--metrics", default=None,
-                        help="comma-separated metric names of the default suite (default: all)")
+                        help="comma-separated metric names of the default suite (none: all)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--target", choices=("label", "predicted"), default="label")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random metrics")

@@ -259,3 +259,28 @@ def test_resume_after_kill(tmp_path):
     # resume=False recomputes everything
     again = run_eval.run(out, resume=False)
     assert again.meta["resumed_batches"] == [] and len(again.meta["computed_batches"]) == 5
+
+
+def test_cli_on_a_checkpoint(tmp_path, capsys):
+    import argparse
+
+    from jaxlrp import checkpoint
+    from jaxlrp.evaluation import add_cli_arguments, run_cli
+
+    path = tmp_path / "vgg.msgpack"
+    checkpoint.save(path, VGG(widths=(4, 8), dense=(8,), rngs=nnx.Rngs(1)))
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    out = tmp_path / "out"
+    args = parser.parse_args(["--model", str(path), "--data", "embedded", "--n", "4",
+                              "--explainers", "gradcam", "--metrics",
+                              "Sparseness,RelevanceRankAccuracy", "--batch-size", "4",
+                              "--out", str(out), "--no-progress"])
+    assert run_cli(args) == 0
+    printed = capsys.readouterr().out
+    assert "| gradcam |" in printed and "RelevanceRankAccuracy" in printed
+    res = Results.from_json(out / "results.json")
+    assert res.scores["gradcam"]["RelevanceRankAccuracy"].shape == (4,)
+    bad = parser.parse_args(["--model", str(tmp_path / "missing.msgpack")])
+    assert run_cli(bad) == 2
+    assert "--model" in capsys.readouterr().err
