@@ -25,7 +25,7 @@ DEFAULT_PATH = Path(__file__).resolve().parent.parent / "assets" / "default_vgg.
 # The architecture of the shipped model (constructor kwargs of VGG).
 CONFIG: dict[str, Any] = {
     "num_classes": 8,
-    "widths": (16, 32, 64),
+    "widths": (16, 32, 64, 128),  # 4 stages: the last conv sees 38 px, > the 30 px objects
     "convs_per_block": 1,
     "batch_norm": False,
     "dense": (64,),
@@ -33,12 +33,14 @@ CONFIG: dict[str, Any] = {
     "input_size": 64,
 }
 
-# The training recipe of the shipped model.
+# The training recipe of the shipped model. Adam peak rates of 1e-3 and above collapsed
+# the wide first Dense layer (all ReLUs dead, constant prediction) in trial runs.
+# NOTE: not yet validated end to end (the >= 95% run is pending).
 RECIPE: dict[str, Any] = {
-    "train_examples": 6144,  # first examples of embedded("train", seed=0)
-    "epochs": 8,
-    "batch_size": 128,
-    "lr": 2e-3,
+    "train_examples": 12000,  # first examples of embedded("train", seed=0)
+    "epochs": 10,
+    "batch_size": 64,
+    "lr": 3e-4,
     "weight_decay": 1e-4,
     "seed": 0,  # model init, shuffling and augmentation
     "augment": "flips+rot90",
