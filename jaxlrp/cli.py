@@ -58,8 +58,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _Formatter(argparse.HelpFormatter):
+    """Wraps each paragraph of a description on its own; shows non-trivial defaults."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n\n".join(super(_Formatter, self)._fill_text(par, width, indent)
+                           for par in text.split("\n\n"))
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" not in text and action.default not in (None, False, argparse.SUPPRESS)
+                and action.option_strings):
+            text += " (default: %(default)s)"
+        return text
 
 
 def positive_int(text: str) -> int:
@@ -100,6 +111,7 @@ def unit_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``jaxlrp`` parser tree (``evaluate`` when :mod:`jaxlrp.evaluation` imports)."""
+    from jaxlrp.models.default import RECIPE
     parser = _Parser(
         prog=PROG,
         description="Explain image classifiers with Grad-CAM, LRP and their hybrid "
@@ -122,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train the default VGG on the embedded dataset and save a checkpoint",
         description="Train the default model (a small VGG) on the embedded shapes dataset "
-                    "with the recipe of jaxlrp.models.default (AdamW, cosine schedule, "
-                    "flip/rotation augmentation), report the test accuracy and write a "
+                    "with the recipe of jaxlrp.models.default (AdamW with a cosine "
+                    "schedule, flip/rotation augmentation), report the test accuracy and write a "
                     "checkpoint usable as 'jaxlrp explain --model PATH'. Overrides change "
                     "only the values given.",
         formatter_class=_Formatter,
@@ -131,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="default_vgg.msgpack", metavar="PATH",
                    help="checkpoint file to write (atomically)")
     p.add_argument("--epochs", type=positive_int, default=None, metavar="N",
-                   help="training epochs (default: the recipe's, 8)")
+                   help=f"training epochs (default: the recipe's, {RECIPE['epochs']})")
     p.add_argument("--train-examples", type=positive_int, default=None, metavar="N",
-                   help="first N examples of the embedded train split (default: recipe's, 6144)")
+                   help="first N examples of the embedded train split (default: the "
+                        f"recipe's, {RECIPE['train_examples']})")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of initialisation, shuffling and augmentation (default: 0)")
     p.add_argument("--batch-norm", action="store_true",
@@ -162,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image files, or folders (their files with an image suffix)")
     p.add_argument("--model", default="efficientnet-lite0",
                    help="'efficientnet-lite0' (ImageNet, shipped weights), 'default' (the "
-                        "VGG trained on the embedded shapes) or PATH to a jaxlrp checkpoint")
+                        "VGG trained on the embedded shapes) or PATH to a jaxlrp checkpoint; "
+                        "default: efficientnet-lite0")
     p.add_argument("--method", default="hybrid", choices=METHODS, help="explainer")
     p.add_argument("--target", type=target_arg, default="predicted", metavar="predicted|N",
                    help="class to explain: the predicted one, or class index N")
