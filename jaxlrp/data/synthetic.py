@@ -42,9 +42,9 @@ _CHUNK = 256  # examples per independently seeded chunk (a multiple of NUM_CLASS
 
 # Object and distractor radii in pixels (the shape fits in a disc of this radius).
 OBJECT_RADIUS = (9.0, 15.0)
-DISTRACTOR_RADIUS = (3.0, 5.5)
+DISTRACTOR_RADIUS = (2.5, 4.5)
 # Least RGB distance between the object's colour and the mean of its background.
-MIN_CONTRAST = 0.5
+MIN_CONTRAST = 0.6
 
 # Window widths (pixels) in which shapes are rasterised: width // 2 >= radius + 1.
 _OBJECT_WINDOW = 32
@@ -248,7 +248,7 @@ def _textures(rng: np.random.Generator, b: int) -> tuple[np.ndarray, np.ndarray]
     f32 = np.float32
     kind = rng.integers(0, 4, b)
     base = rng.uniform(0.15, 0.85, (b, 3)).astype(f32)
-    other = np.clip(base + rng.normal(0, 0.2, (b, 3)), 0, 1).astype(f32)
+    other = np.clip(base + rng.normal(0, 0.12, (b, 3)), 0, 1).astype(f32)
     angle = rng.uniform(0, 2 * np.pi, b).astype(f32)
     freq = rng.uniform(2.5, 7.0, b).astype(f32)
     phase = rng.uniform(0, 2 * np.pi, b).astype(f32)
@@ -282,12 +282,12 @@ def _textures(rng: np.random.Generator, b: int) -> tuple[np.ndarray, np.ndarray]
         else:  # smooth noise: a per-pixel mix weight from upsampled 8x8 noise
             t[sel] = 0.5 + 0.5 * (_UP8 @ low[sel, :, :, 0] @ _UP8.T)
     img = t[..., None] * (other - base)[:, None, None, :]
-    img += base[:, None, None, :] - f32(0.07)
+    img += base[:, None, None, :] - f32(0.05)
     # smooth colour noise on every texture: (64, 8) @ (b, 64, 8, 3) -> (b, 64, 64, 3)
-    low_rows = (_UP8 @ (f32(0.12) * low).reshape(b, 8, 24)).reshape(b, SIZE, 8, 3)
+    low_rows = (_UP8 @ (f32(0.06) * low).reshape(b, 8, 24)).reshape(b, SIZE, 8, 3)
     img += _UP8 @ low_rows
-    # grey pixel noise, std 0.14 / sqrt(12) = 0.04
-    noise *= f32(0.14)
+    # grey pixel noise, std 0.1 / sqrt(12) = 0.03
+    noise *= f32(0.1)
     img += noise
     return np.clip(img, 0, 1, out=img), kind
 
