@@ -115,6 +115,7 @@ def train_classifier(
     explain: Callable | None = None,
     mask: Any = None,
     weight: float = 0.0,
+    penalty_target: str = "label",
     progress: bool = False,
 ) -> tuple[nnx.Module, dict]:
     """Train an NNX classifier with cross-entropy + ``weight`` * explanation penalty.
@@ -125,7 +126,11 @@ def train_classifier(
       epochs, batch_size, lr, seed: AdamW with warm-up + cosine decay
         (:func:`jaxlrp.training.make_optimizer`), a fresh random order per epoch.
       explain, mask, weight: when ``explain`` is given, add
-        ``weight * explanation_penalty(explain, model, x, y, mask)`` (mask (H, W)).
+        ``weight * explanation_penalty(explain, model, x, t, mask)`` (mask (H, W)).
+      penalty_target: the class ``t`` explained in the penalty: ``"label"`` (the true
+        class) or ``"random"`` (a uniformly drawn class per example and step, an unbiased
+        estimate of the penalty summed over all classes: a shortcut can also act by
+        *suppressing* the other classes' logits, which the true class's map misses).
       progress: print one line per epoch.
     Returns:
       ``(model, history)`` with per-epoch ``loss``, ``penalty`` (mean over batches).
@@ -138,22 +143,27 @@ def train_classifier(
         raise ExplanationError(f"batch_size: {batch_size} exceeds the dataset ({len(labels)})")
     if explain is not None and mask is None:
         raise ExplanationError("mask: required when explain is given")
+    if penalty_target not in ("label", "random"):
+        raise ExplanationError(
+            f"penalty_target: expected 'label' or 'random', got {penalty_target!r}"
+        )
+    num_classes = int(labels.max()) + 1
     tx = make_optimizer(lr, epochs * steps)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     opt_state = tx.init(params)
     mask_arr = None if mask is None else jnp.asarray(mask, jnp.float32)
 
-    def loss_fn(p, x, y):
+    def loss_fn(p, x, y, t):
         m = nnx.merge(graphdef, p, rest, copy=True)
         ce = optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
         if explain is None:
             return ce, jnp.zeros(())
-        pen = explanation_penalty(explain, m, x, y, mask_arr)
+        pen = explanation_penalty(explain, m, x, t, mask_arr)
         return ce + weight * pen, pen
 
     @jax.jit
-    def step(p, o, x, y):
-        (loss, pen), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, x, y)
+    def step(p, o, x, y, t):
+        (loss, pen), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, x, y, t)
         updates, o = tx.update(grads, o, p)
         return optax.apply_updates(p, updates), o, loss, pen
 
@@ -164,8 +174,11 @@ def train_classifier(
         losses, pens = [], []
         for b in range(steps):
             idx = order[b * batch_size:(b + 1) * batch_size]
+            y = labels[idx]
+            t = y if penalty_target == "label" else rng.integers(0, num_classes, len(idx))
             params, opt_state, loss, pen = step(
-                params, opt_state, jnp.asarray(images[idx]), jnp.asarray(labels[idx])
+                params, opt_state, jnp.asarray(images[idx]), jnp.asarray(y),
+                jnp.asarray(t, jnp.int32),
             )
             losses.append(loss)
             pens.append(pen)
