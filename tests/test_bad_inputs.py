@@ -485,3 +485,17 @@ def test_cli_bad_input_exit_2_one_line(tmp_path, capsys, argv, fragment):
     assert len(lines) == 1, err
     assert fragment.lower() in lines[0].lower(), err
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_no_unpickling_anywhere_in_the_package():
+    """Static guard: weights and results are read without pickle (msgpack, safetensors,
+    npz without allow_pickle, torch.load weights-only)."""
+    root = Path(jaxlrp.__file__).parent
+    for src in root.rglob("*.py"):
+        code = "\n".join(ln.split("#")[0] for ln in src.read_text().splitlines())
+        for banned in ("pickle.load", "allow_pickle=True", "dill.", "joblib.load",
+                       "cloudpickle"):
+            assert banned not in code, (src, banned)
+        for line in code.splitlines():
+            if "torch.load(" in line:
+                assert "weights_only=True" in line, (src, line)
