@@ -49,6 +49,7 @@ def train(
     eval_dataset: Any = None,
     progress: bool = True,
     optimizer: optax.GradientTransformation | None = None,
+    on_epoch: Callable[[int, nnx.Module, dict], None] | None = None,
 ) -> tuple[nnx.Module, dict]:
     """Train ``model`` in place with softmax cross-entropy.
 
@@ -63,6 +64,8 @@ def train(
       eval_dataset: optional dataset evaluated after each epoch (``history["eval_accuracy"]``).
       progress: show a tqdm progress bar.
       optimizer: an optax transformation replacing the default.
+      on_epoch: optional ``on_epoch(epoch, model, history)`` called after each epoch with
+        an eval-mode copy of the model (e.g. to save a checkpoint as training goes).
     Returns:
       ``(model, history)``: the same model (eval mode) and a dict of per-epoch lists
       ``loss``, ``accuracy`` (training batches), ``eval_accuracy`` (if requested) and
@@ -144,6 +147,10 @@ def train(
                 if eval_dataset is not None:
                     post["eval"] = f"{history['eval_accuracy'][-1]:.3f}"
                 bar.set_postfix(post)
+            if on_epoch is not None:
+                snapshot = nnx.merge(graphdef, params, rest, copy=True)
+                snapshot.eval()
+                on_epoch(_epoch, snapshot, history)
     finally:
         if bar is not None:
             bar.close()

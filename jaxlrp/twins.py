@@ -37,13 +37,17 @@ __all__ = ["to_torch", "to_torch_input", "from_torch_map", "VGGTwin", "ResNetTwi
 class VGGTwin(nn.Module):
     """torchvision-style VGG: features -> flatten -> classifier. Input (B, C, H, W)."""
 
-    def __init__(self, features: nn.Sequential, classifier: nn.Sequential):
+    def __init__(self, features: nn.Sequential, classifier: nn.Sequential, avg: bool = False):
         super().__init__()
         self.features = features
+        self.avgpool = nn.AdaptiveAvgPool2d(1) if avg else None
         self.classifier = classifier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
+        x = self.features(x)
+        if self.avgpool is not None:
+            x = self.avgpool(x)
+        return self.classifier(torch.flatten(x, 1))
 
 
 class ResNetTwin(nn.Module):
@@ -182,12 +186,15 @@ def _vgg_twin(model: _vgg.VGG) -> VGGTwin:
     dense = list(model.classifier)
     first = dense[0].dense if dense else model.head
     k = np.asarray(first.kernel[...])  # rows in (h, w, c) order
+    if getattr(model, "pool", "flatten") == "avg":
+        h = w = 1
     k = k.reshape(h, w, channels, -1).transpose(2, 0, 1, 3).reshape(h * w * channels, -1)
     head: list[nn.Module] = []
     for j, block in enumerate(dense):
         head += [_linear(block.dense, k if j == 0 else None), nn.ReLU()]
     head.append(_linear(model.head, None if dense else k))
-    return VGGTwin(nn.Sequential(*layers), nn.Sequential(*head))
+    return VGGTwin(nn.Sequential(*layers), nn.Sequential(*head),
+                   avg=getattr(model, "pool", "flatten") == "avg")
 
 
 def _resnet_twin(model: _resnet.ResNet) -> ResNetTwin:

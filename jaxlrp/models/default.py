@@ -37,10 +37,10 @@ CONFIG: dict[str, Any] = {
 # the wide first Dense layer (all ReLUs dead, constant prediction) in trial runs.
 # NOTE: not yet validated end to end (the >= 95% run is pending).
 RECIPE: dict[str, Any] = {
-    "train_examples": 12000,  # first examples of embedded("train", seed=0)
-    "epochs": 10,
+    "train_examples": 12000,  # embedded("train", seed=0), all of it
+    "epochs": 6,
     "batch_size": 64,
-    "lr": 3e-4,
+    "lr": 3e-3,  # peak of a warm-up + cosine schedule (AdamW, global-norm clipping)
     "weight_decay": 1e-4,
     "seed": 0,  # model init, shuffling and augmentation
     "augment": "flips+rot90",
@@ -69,7 +69,7 @@ def train_default(
     epochs: int | None = None,
     train_examples: int | None = None,
     seed: int | None = None,
-    batch_norm: bool = False,
+    batch_norm: bool | None = None,
     progress: bool = True,
 ) -> tuple[VGG, dict]:
     """Train the default VGG on the embedded dataset with :data:`RECIPE`.
@@ -77,7 +77,7 @@ def train_default(
     Args:
       path: where to save the checkpoint (``None``: do not save).
       epochs, train_examples, seed: override the recipe's values.
-      batch_norm: train the BatchNorm variant of the architecture instead.
+      batch_norm: override the architecture's BatchNorm choice (None keeps :data:`CONFIG`).
       progress: show a progress bar.
     Returns:
       ``(model, info)`` where ``info`` records the recipe, the test accuracy on the
@@ -90,15 +90,26 @@ def train_default(
     for key, value in (("epochs", epochs), ("train_examples", train_examples), ("seed", seed)):
         if value is not None:
             recipe[key] = value
-    config = {**CONFIG, "batch_norm": bool(batch_norm)}
+    config = dict(CONFIG)
+    if batch_norm is not None:
+        config["batch_norm"] = bool(batch_norm)
     data = embedded("train", n=recipe["train_examples"], seed=0)
     test = embedded("test", seed=0)
     model = VGG(**config, rngs=nnx.Rngs(recipe["seed"]))
     start = time.perf_counter()
+
+    def save_epoch(epoch: int, snapshot: VGG, history: dict) -> None:
+        # a checkpoint after every epoch, so an interrupted run keeps its progress
+        if path is not None:
+            meta = {"dataset": "embedded", "recipe": recipe, "epochs_done": epoch + 1,
+                    "eval_accuracy_512": history.get("eval_accuracy", [None])[-1]}
+            checkpoint.save(path, snapshot, metadata=meta)
+
     model, history = train(
         model, data, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
         lr=recipe["lr"], weight_decay=recipe["weight_decay"], seed=recipe["seed"],
-        augment=flip_rotate, progress=progress,
+        augment=flip_rotate, progress=progress, eval_dataset=embedded("test", n=512, seed=0),
+        on_epoch=save_epoch,
     )
     seconds = time.perf_counter() - start
     accuracy = evaluate_accuracy(model, test)

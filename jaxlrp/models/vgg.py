@@ -222,6 +222,9 @@ class VGG(nnx.Module):
       dense: widths of the hidden Dense+ReLU layers.
       in_channels: input channels C.
       input_size: input (H, W) (an int for square images); fixes the flatten size.
+      pool: ``"flatten"`` (the classic VGG head: flatten the last feature map) or
+        ``"avg"`` (global average pooling, translation invariant; trains much faster
+        on the embedded dataset, whose objects appear anywhere).
     """
 
     def __init__(
@@ -233,6 +236,7 @@ class VGG(nnx.Module):
         dense: Sequence[int] = (64,),
         in_channels: int = 3,
         input_size: int | Sequence[int] = 64,
+        pool: str = "flatten",
         *,
         rngs: nnx.Rngs,
     ):
@@ -243,6 +247,7 @@ class VGG(nnx.Module):
         self.dense_widths = tuple(int(d) for d in dense)
         self.in_channels = int(in_channels)
         self.input_size = _pair(input_size)
+        self.pool = str(pool)
         _check_vgg_config(self.config())
 
         blocks, pool_after, cin = [], [], self.in_channels
@@ -254,7 +259,8 @@ class VGG(nnx.Module):
         self.features = nnx.List(blocks)
         self.pool_after = tuple(pool_after)
         s = 2 ** len(self.widths)
-        din = (self.input_size[0] // s) * (self.input_size[1] // s) * cin
+        h, w = self.input_size[0] // s, self.input_size[1] // s
+        din = cin if self.pool == "avg" else h * w * cin
         hidden = []
         for d in self.dense_widths:
             hidden.append(DenseBlock(din, d, rngs=rngs))
@@ -272,6 +278,7 @@ class VGG(nnx.Module):
             "dense": list(self.dense_widths),
             "in_channels": self.in_channels,
             "input_size": list(self.input_size),
+            "pool": self.pool,
         }
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -280,13 +287,15 @@ class VGG(nnx.Module):
             x = block(x)
             if i in self.pool_after:
                 x = max_pool(x)
-        x = x.reshape(x.shape[0], -1)
+        x = jnp.mean(x, axis=(1, 2)) if self.pool == "avg" else x.reshape(x.shape[0], -1)
         for block in self.classifier:
             x = block(x)
         return self.head(x)
 
 
 def _check_vgg_config(cfg: dict) -> None:
+    if cfg.get("pool", "flatten") not in ("flatten", "avg"):
+        raise ExplanationError(f"pool: expected 'flatten' or 'avg', got {cfg.get('pool')!r}")
     for key in ("num_classes", "convs_per_block", "in_channels"):
         if cfg[key] <= 0:
             raise ExplanationError(f"{key}: expected a positive int, got {cfg[key]}")
@@ -344,6 +353,7 @@ class VGGLinen(nn.Module):
     dense: Sequence[int] = (64,)
     in_channels: int = 3
     input_size: int | Sequence[int] = 64
+    pool: str = "flatten"
 
     def config(self) -> dict:
         """Constructor keyword arguments (JSON-compatible), as :meth:`VGG.config`."""
@@ -355,6 +365,7 @@ class VGGLinen(nn.Module):
             "dense": [int(d) for d in self.dense],
             "in_channels": int(self.in_channels),
             "input_size": list(_pair(self.input_size)),
+            "pool": str(self.pool),
         }
 
     def setup(self) -> None:
@@ -373,7 +384,7 @@ class VGGLinen(nn.Module):
             x = self.features[i](x, train)
             if (i + 1) % k == 0:
                 x = max_pool(x)
-        x = x.reshape(x.shape[0], -1)
+        x = jnp.mean(x, axis=(1, 2)) if self.pool == "avg" else x.reshape(x.shape[0], -1)
         for i in range(len(self.dense)):
             x = self.classifier[i](x)
         return self.head(x)
