@@ -40,7 +40,7 @@ def lrp_map(
     """LRP reduced over channels and divided by the per-image max |R|: (B, H, W) in [-1, 1]."""
     r = reduce_channels(_lrp(model, x, target, composite, **kwargs), reduce)
     scale = jnp.max(jnp.abs(r), axis=(1, 2), keepdims=True)
-    ok = scale > 0
+    ok = scale > jnp.finfo(scale.dtype).tiny  # subnormal scales flush to 0: 0/0 = NaN
     return jnp.where(ok, r / jnp.where(ok, scale, 1.0), r)
 
 

@@ -92,6 +92,11 @@ def _reduce_axes(maps: jax.Array) -> tuple[int, ...]:
     return tuple(range(1, maps.ndim))
 
 
+def _tiny(dtype: jnp.dtype) -> float:
+    """The smallest normal number of a float dtype (0 for other dtypes)."""
+    return float(jnp.finfo(dtype).tiny) if jnp.issubdtype(dtype, jnp.floating) else 0.0
+
+
 def minmax_normalize(maps: jax.Array) -> jax.Array:
     """Per-example ``(m - min) / (max - min)`` over all axes but the first.
 
@@ -104,7 +109,7 @@ def minmax_normalize(maps: jax.Array) -> jax.Array:
     lo = jnp.min(maps, axis=axes, keepdims=True)
     hi = jnp.max(maps, axis=axes, keepdims=True)
     span = hi - lo
-    ok = span > 0
+    ok = span > _tiny(span.dtype)  # a subnormal span would flush to 0 on CPU: 0/0
     safe = jnp.where(ok, span, jnp.ones_like(span))  # double-where: finite gradients
     return jnp.where(ok, (maps - lo) / safe, jnp.zeros_like(maps))
 
@@ -120,7 +125,7 @@ def max_normalize(maps: jax.Array) -> jax.Array:
     """
     axes = _reduce_axes(maps)
     hi = jnp.max(maps, axis=axes, keepdims=True)
-    ok = hi > 0
+    ok = hi > _tiny(hi.dtype)  # subnormal maxima flush to 0 on CPU/GPU: treat as zero maps
     safe = jnp.where(ok, hi, jnp.ones_like(hi))
     return jnp.where(ok, maps / safe, maps)
 

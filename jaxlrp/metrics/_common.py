@@ -66,7 +66,9 @@ def as_maps(a: Any, name: str = "a") -> jax.Array:
     if not (jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(a.dtype, jnp.integer)):
         raise ExplanationError(f"{name}: expected a numeric dtype, got {a.dtype}")
     a = jnp.asarray(a)
-    if not jnp.issubdtype(a.dtype, jnp.floating):
+    if not jnp.issubdtype(a.dtype, jnp.floating) or jnp.finfo(a.dtype).bits < 32:
+        # ints and half precision (bfloat16/float16) are scored in float32: constants such
+        # as log(p + 1e-12) and subnormal maxima would otherwise give NaN
         a = a.astype(jnp.float32)
     check_finite_maps(a, name)
     return a if a.ndim == 4 else a[..., None]
@@ -180,7 +182,7 @@ def check_labels(y: Any, b: int, num_classes: int | None = None, name: str = "y"
 def normalise_by_max(a: jax.Array) -> jax.Array:
     """Divide each example (axis 0) by its max |a|; all-zero examples stay zero."""
     m = jnp.max(jnp.abs(a.reshape(a.shape[0], -1)), axis=1)
-    m = jnp.where(m == 0, 1.0, m).astype(a.dtype)
+    m = jnp.where(m < jnp.finfo(m.dtype).tiny, 1.0, m).astype(a.dtype)  # zero or subnormal
     return a / m.reshape((-1,) + (1,) * (a.ndim - 1))
 
 
@@ -225,7 +227,7 @@ def baseline_values(x: jax.Array, baseline: Any) -> jax.Array:
 
 
 def _safe_div(num: jax.Array, den: jax.Array, fill: float = 0.0) -> jax.Array:
-    ok = den != 0
+    ok = jnp.abs(den) >= jnp.finfo(den.dtype).tiny  # subnormals flush to 0 on CPU: 0/0
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), fill)
 
 

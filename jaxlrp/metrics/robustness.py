@@ -43,9 +43,13 @@ Explainer = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
 def _norm(v: jax.Array, kind: str) -> jax.Array:
+    peak = jnp.max(jnp.abs(v), axis=-1)
     if kind == "linf":
-        return jnp.max(jnp.abs(v), axis=-1)
-    return jnp.sqrt(jnp.sum(v * v, axis=-1))
+        return peak
+    # scaled by the peak so that v * v cannot overflow (maps of 1e30) nor underflow
+    ok = peak >= jnp.finfo(v.dtype).tiny
+    safe = jnp.where(ok, peak, 1.0)[..., None]
+    return jnp.where(ok, peak * jnp.sqrt(jnp.sum(jnp.square(v / safe), axis=-1)), 0.0)
 
 
 def _check_explain(explain: Any) -> Explainer:
