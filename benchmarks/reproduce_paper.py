@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 import jaxlrp
+from jaxlrp.errors import ExplanationError
 from jaxlrp.evaluation import Results, evaluate, photos_batches
 
 EXPLAINERS = ("gradcam", "gradcam++", "lrp", "hybrid")
@@ -120,10 +121,17 @@ def part_markdown(title: str, res: Results, rows: list[dict], info: dict) -> str
 def run_part(name: str, model, data, args, description: str) -> tuple[Results, dict]:
     out_dir = Path(args.out) / "runs" / name
     t0 = time.perf_counter()
-    res = evaluate(model, data, EXPLAINERS, None, target="label", batch_size=args.batch_size,
-                   key=args.seed, out_dir=out_dir, resume=not args.no_resume,
-                   progress=not args.no_progress, chart=False,
-                   meta={"part": name, "description": description})
+    kwargs = dict(target="label", batch_size=args.batch_size, key=args.seed, out_dir=out_dir,
+                  progress=not args.no_progress, chart=False,
+                  meta={"part": name, "description": description})
+    try:
+        res = evaluate(model, data, EXPLAINERS, None, resume=not args.no_resume, **kwargs)
+    except ExplanationError as e:
+        if "another configuration" not in str(e):
+            raise
+        print(f"{out_dir}: a previous run used another model or settings; recomputing",
+              file=sys.stderr)
+        res = evaluate(model, data, EXPLAINERS, None, resume=False, **kwargs)
     seconds = time.perf_counter() - t0
     load = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     timing = out_dir / "timing.json"

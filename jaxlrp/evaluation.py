@@ -312,6 +312,18 @@ def _digest(images: np.ndarray, labels: np.ndarray, masks: np.ndarray | None) ->
     return h.hexdigest()
 
 
+def _model_digest(adapter: Any) -> str:
+    """sha256 of the model's parameter values and structure (resume must not mix models)."""
+    h = hashlib.sha256()
+    leaves, treedef = jax.tree_util.tree_flatten(adapter.params)
+    h.update(str(treedef).encode())
+    for leaf in leaves:
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
 # ----------------------------------------------------------------------------- validation
 
 
@@ -531,8 +543,10 @@ def evaluate(
         interruptions. (The draws have the batch's shape, so scores depend on batch_size.)
       out_dir: folder for per-batch files (``batches/``), ``run.json``, ``results.json``,
         ``results.md`` and ``results.png``; None keeps everything in memory.
-      resume: with ``out_dir``, reuse finished batch files of the same configuration and
-        data (each file carries a digest of its batch); False deletes them first.
+      resume: with ``out_dir``, reuse finished batch files of the same configuration
+        (explainers, metrics, target, batch size, key and a digest of the model's
+        parameters; another configuration raises) and data (each file carries a digest of
+        its batch; changed batches are recomputed); False deletes them first.
       progress: show a tqdm progress bar over batches.
       chart: write the bar chart (needs matplotlib) when ``out_dir`` is given.
       meta: extra description stored in ``Results.meta``.
@@ -563,7 +577,8 @@ def evaluate(
 
     out = Path(out_dir) if out_dir is not None else None
     config = {"explainers": list(explain_fns), "metrics": [m.name for m in suite],
-              "target": target, "batch_size": int(batch_size), "key": key_desc}
+              "target": target, "batch_size": int(batch_size), "key": key_desc,
+              "model": _model_digest(adapter)}
     if out is not None:
         _prepare_out(out, config, resume)
 

@@ -189,10 +189,15 @@ def test_output_files(tmp_path):
     np.testing.assert_allclose(d["summary"]["saliency"]["Sparseness"]["mean"],
                                res.mean("saliency", "Sparseness"))
     assert (tmp_path / "results.md").read_text() == res.to_markdown()
-    # a second run with another configuration must not silently mix with this one
+    # a second run with another configuration (metrics, or model weights) must not silently
+    # mix with this one
     with pytest.raises(ExplanationError, match="another configuration"):
         evaluate(model, make_batches(2, 3), {"saliency": saliency}, ["Sparseness"],
                  out_dir=tmp_path, progress=False)
+    other = VGG(num_classes=4, widths=(4, 8), dense=(8,), input_size=H, rngs=nnx.Rngs(5))
+    with pytest.raises(ExplanationError, match="another configuration"):
+        evaluate(other, make_batches(2, 3), {"saliency": saliency},
+                 ["Sparseness", "RelevanceRankAccuracy"], out_dir=tmp_path, progress=False)
 
 
 SCRIPT = textwrap.dedent("""
