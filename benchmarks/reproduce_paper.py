@@ -205,10 +205,17 @@ def main(argv: list[str] | None = None) -> int:
     elif "embedded" in parts:
         model = checkpoint.load(path) if args.model else default_model()
         header = checkpoint.read_header(path)
-        acc = (header.get("metadata") or {}).get("test_accuracy")
+        md = header.get("metadata") or {}
+        acc = md.get("test_accuracy")
+        done, planned = md.get("epochs_done"), (md.get("recipe") or {}).get("epochs")
+        partial = isinstance(done, int) and isinstance(planned, int) and done < planned
+        if partial:
+            print(f"warning: {path} is an intermediate checkpoint (epoch {done} of {planned})",
+                  file=sys.stderr)
         data = embedded("test", n=n, seed=0)
         desc = (f"(a) default VGG ({path.name}"
                 + (f", test accuracy {acc:.3f}" if isinstance(acc, float) else "")
+                + (f", INTERMEDIATE checkpoint: epoch {done} of {planned}" if partial else "")
                 + f") on the embedded shapes test split (first {n} images, with masks)")
         res, info = run_part("embedded", model, data, args, desc)
         rows = verdict(res)
