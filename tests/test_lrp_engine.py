@@ -17,7 +17,13 @@ from jaxlrp.lrp import composites, engine, lrp
 from jaxlrp.lrp import rules as R
 from jaxlrp.models import VGG, ResNet
 
-jax.config.update("jax_enable_x64", True)
+
+@pytest.fixture(autouse=True, scope="module")
+def x64():
+    """float64 for this module only (other test modules expect JAX's float32 default)."""
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", False)
 
 
 def to64(model):

@@ -18,7 +18,13 @@ import pytest
 from jaxlrp.errors import ExplanationError
 from jaxlrp.lrp import rules as R
 
-jax.config.update("jax_enable_x64", True)
+
+@pytest.fixture(autouse=True, scope="module")
+def x64():
+    """float64 for this module only (other test modules expect JAX's float32 default)."""
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", False)
 
 TOL = 1e-10
 
