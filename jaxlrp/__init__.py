@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "evaluate": ("jaxlrp.evaluation", "evaluate"),
+    "Results": ("jaxlrp.evaluation", "Results"),
     "explain_dataset": ("jaxlrp.distributed", "explain_dataset"),
     "models": ("jaxlrp.models", None),
     "data": ("jaxlrp.data", None),
