@@ -206,3 +206,7 @@ def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="train", unit="step", leave=True)
+
+
+# The explanation penalty lives in its own module; it is re-exported here for training code.
+from jaxlrp.penalty import explanation_penalty  # noqa: E402, F401

@@ -16,7 +16,7 @@ from jaxlrp.errors import ExplanationError
 from jaxlrp.hybrid import hybrid
 from jaxlrp.lrp import lrp
 from jaxlrp.models import VGG
-from jaxlrp.models.soften import soften
+from jaxlrp.models.softening import soften
 from jaxlrp.penalty import explanation_penalty
 
 EXPLAINERS = {"gradcam": gradcam, "lrp": lrp, "hybrid": hybrid}

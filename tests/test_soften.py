@@ -12,7 +12,7 @@ from jaxlrp.cam import gradcam
 from jaxlrp.errors import ExplanationError
 from jaxlrp.lrp import lrp
 from jaxlrp.models import VGG, ResNet
-from jaxlrp.models.soften import soft_relu, soften, softened_beta
+from jaxlrp.models.softening import soft_relu, soften, softened_beta
 from jaxlrp.models.vgg import nnx_to_linen
 from jaxlrp.tracing import layers
 

@@ -19,7 +19,7 @@ _LAZY = {
     "EfficientNetLite0": "efficientnet",
     "preprocess": "efficientnet",
     "imagenet_classes": "efficientnet",
-    "soften": "soften",
+    "soften": "softening",
 }
 
 

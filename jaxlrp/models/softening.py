@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import sys
 import threading
-import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -178,20 +176,3 @@ def _soft_linen(module: nn.Module, beta: float) -> nn.Module:
         if f.init and f.name not in ("parent", "name")
     }
     return cls(**fields)
-
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`soften`.
-
-    ``jaxlrp.models`` exports ``soften`` lazily from the submodule of the same name, and
-    Python's import system binds the *submodule* to ``jaxlrp.models.soften`` once it has
-    been imported; making the module callable keeps ``jaxlrp.models.soften(model, beta)``
-    and ``from jaxlrp.models import soften`` working either way.
-    """
-
-    def __call__(self, model: Any, beta: float = 10.0) -> Any:
-        return soften(model, beta)
-
-
-sys.modules[__name__].__class__ = _CallableModule
