@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="default_vgg.msgpack", metavar="PATH",
                    help="checkpoint file to write (atomically)")
     p.add_argument("--epochs", type=positive_int, default=None, metavar="N",
-                   help=f"training epochs (default: the recipe's, {RECIPE['epochs']})")
+                   help="train one phase of N epochs instead of the recipe's phases "
+                        f"{[e for e, _ in RECIPE['phases']]} (for quick runs)")
     p.add_argument("--train-examples", type=positive_int, default=None, metavar="N",
                    help="first N examples of the embedded train split (default: the "
                         f"recipe's, {RECIPE['train_examples']})")
@@ -755,7 +756,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise ExplanationError(f"--out: expected a file path, got the folder {str(out)!r}")
-    epochs = args.epochs or RECIPE["epochs"]
+    epochs = args.epochs or sum(e for e, _ in RECIPE["phases"])
     _say(f"Training the default VGG on the embedded dataset for {epochs} epochs...")
     _, info = train_default(out, epochs=args.epochs, train_examples=args.train_examples,
                             seed=args.seed, batch_norm=args.batch_norm,
