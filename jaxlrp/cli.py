@@ -602,6 +602,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     todo = [it for it in items
             if args.overwrite or not all(f.exists() for f in _outputs(out, it[1], plan))]
     done_before = len(items) - len(todo)
+    if out.is_dir():  # temporaries left by an interrupted run (atomic writes never finished)
+        for tmp in out.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
     failed: list[dict] = []
     explained = 0
     if todo:

@@ -228,3 +228,43 @@ def test_demo_quick(tmp_path: Path):
         assert (tmp_path / "demo" / "embedded_grid.png").is_file()
     else:  # the shipped default model is missing: reported, photos still written
         assert r.returncode == 1 and "jaxlrp train" in r.stderr
+
+
+def test_explain_killed_mid_run_resumes_without_redoing_finished_images(workdir: Path):
+    """SIGKILL a long ``explain`` run after some outputs exist; the rerun keeps them."""
+    import signal
+    import time
+
+    images = workdir / "many"
+    images.mkdir()
+    data = embedded("test", n=48, seed=1)
+    for i, im in enumerate(data.images):
+        Image.fromarray(np.round(im * 255).astype(np.uint8)).save(images / f"m{i:02d}.png")
+    out = workdir / "killed"
+    args = [sys.executable, "-m", "jaxlrp", "explain", str(images), "--model",
+            str(workdir / "vgg.msgpack"), "--method", "gradcam", "--out", str(out),
+            "--batch-size", "4", "--no-progress"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(args, cwd=workdir, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(out.glob("*_gradcam.npy"))) < 8:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = sorted(p.name for p in out.glob("*_gradcam.npy"))
+    assert 8 <= len(finished) < 48, "the run was not interrupted mid-way"
+    for name in finished:  # atomic writes: every file present is complete
+        assert np.load(out / name).shape == (64, 64)
+    stamps = {n: (out / n).stat().st_mtime_ns for n in finished}
+    # an image is complete when its map and its figure exist (the kill may fall between)
+    done_pairs = [n for n in finished if (out / n.replace(".npy", ".png")).is_file()]
+    r = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert len(list(out.glob("*_gradcam.npy"))) == 48
+    # images whose outputs were complete before the kill are not recomputed
+    for n in done_pairs:
+        assert (out / n).stat().st_mtime_ns == stamps[n]
+    assert f"{len(done_pairs)} already done" in r.stdout
+    assert not list(out.glob(".*.tmp"))  # temporaries of the killed run are cleaned up
