@@ -6,10 +6,9 @@ import sys
 import time
 from pathlib import Path
 
+import nbclient  # noqa: E402  (the test extra installs both; a missing one must fail)
+import nbformat  # noqa: E402
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 TIMEOUT_S = 900  # per cell; the whole quick-mode suite takes a few minutes on 2 cores
