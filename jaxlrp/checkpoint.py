@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import msgpack
 import numpy as np
 from flax import nnx, serialization
 
+from jaxlrp.atomic import atomic_write
 from jaxlrp.errors import ExplanationError
 from jaxlrp.models import resnet as _resnet
 from jaxlrp.models import vgg as _vgg
@@ -74,20 +74,7 @@ def save(path: str | os.PathLike, model: Any, metadata: dict | None = None) -> P
         },
         use_bin_type=True,
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, blob)
 
 
 def read_header(path: str | os.PathLike) -> dict:

@@ -17,14 +17,13 @@ import argparse
 import dataclasses
 import io
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxlrp.atomic import atomic_write
 from jaxlrp.errors import ExplanationError
 from jaxlrp.explainers import NAMES
 from jaxlrp.lrp.composites import PRESETS
@@ -464,17 +463,6 @@ def file_token(method: str) -> str:
     return method.replace("++", "_pp")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_npy(path: Path, array: Any) -> None:
@@ -483,7 +471,7 @@ def save_npy(path: Path, array: Any) -> None:
 
     buf = io.BytesIO()
     np.save(buf, np.asarray(array))
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def _title(method: str, target: str | int, classes: Sequence[str]) -> str:
@@ -637,7 +625,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         summary = {"model": args.model, "method": plan.method, "target": plan.target,
                    "explained": explained, "already_done": done_before, "failed": failed}
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / "errors.json", json.dumps(summary, indent=2).encode())
+        atomic_write(out / "errors.json", json.dumps(summary, indent=2).encode())
     _say(f"{PROG} explain: {explained} explained, {done_before} already done, "
          f"{len(failed)} failed; outputs in {out}")
     if failed:

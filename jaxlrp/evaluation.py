@@ -18,7 +18,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxlrp.atomic import atomic_write
 from jaxlrp.errors import ExplanationError
 from jaxlrp.tracing import LinenModel, apply_checked, as_adapter
 
@@ -197,7 +197,7 @@ class Results:
         """The results as JSON text; also written (atomically) to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=1, default=_json_default)
         if path is not None:
-            _atomic_write(Path(path), text.encode())
+            atomic_write(Path(path), text.encode())
         return text
 
     @classmethod
@@ -227,7 +227,7 @@ class Results:
         out.mkdir(parents=True, exist_ok=True)
         paths = [out / "results.json", out / "results.md"]
         self.to_json(paths[0])
-        _atomic_write(paths[1], self.to_markdown().encode())
+        atomic_write(paths[1], self.to_markdown().encode())
         if chart and self.metrics:
             try:
                 from jaxlrp.viz import metric_chart
@@ -257,22 +257,6 @@ def _json_default(o: Any) -> Any:
 # ----------------------------------------------------------------------------- I/O helpers
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file in path's folder, fsync it, rename it over path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _batch_path(out: Path, index: int) -> Path:
@@ -286,7 +270,7 @@ def _save_batch(path: Path, record: dict) -> None:
     np.savez(buf, scores=record["scores"], targets=record["targets"],
              info=np.asarray(json.dumps({k: record[k] for k in ("digest", "start", "size",
                                                                   "failures", "skipped")})))
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def _load_batch(path: Path) -> dict | None:
@@ -697,7 +681,7 @@ def _prepare_out(out: Path, config: dict, resume: bool) -> None:
             if p.name.endswith(".tmp") or (not resume and p.suffix == ".npz"):
                 p.unlink()  # leftovers of an interrupted write / a fresh start
     bdir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(manifest, json.dumps(config, indent=1).encode())
+    atomic_write(manifest, json.dumps(config, indent=1).encode())
 
 
 def _progress(batches: Iterable, total: int | None, progress: bool) -> Iterable:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import matplotlib.colors as mcolors  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from jaxlrp.atomic import atomic_write  # noqa: E402
 from jaxlrp.errors import ExplanationError  # noqa: E402
 
 DPI = 100
@@ -343,16 +343,8 @@ def save(fig: Figure, path: str | os.PathLike, *, close: bool = True) -> Path:
     fmt = path.suffix.lstrip(".").lower()
     if not fmt:
         raise ExplanationError(f"path: expected a file name with a suffix such as .png, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=DPI))
     finally:
         if close:
             fig.clf()
