@@ -194,10 +194,10 @@ class AlphaBeta:
         xp, xn = _pos(x), _neg(x)
         wp, wn = _pos(w), _neg(w)
         out_p = layer(xp, wp, _pos(b)) + layer.core(xn, wn)
-        out_n = layer(xp, wn, _neg(b)) + layer.core(xn, wp)
         gp = divide(relevance, out_p, self.stabilizer)
         r = self.alpha * (xp * layer.transpose(wp, gp, x) + xn * layer.transpose(wn, gp, x))
         if self.beta:
+            out_n = layer(xp, wn, _neg(b)) + layer.core(xn, wp)
             gn = divide(relevance, out_n, self.stabilizer)
             r = r - self.beta * (
                 xp * layer.transpose(wn, gn, x) + xn * layer.transpose(wp, gn, x)
@@ -212,14 +212,8 @@ class ZPlus:
     stabilizer: float = 1e-6
 
     def __call__(self, layer, inputs, relevance):
-        layer = _needs_linear(self, layer)
-        (x,) = inputs
-        w, b = layer.weight, layer.bias
-        xp, xn = _pos(x), _neg(x)
-        wp, wn = _pos(w), _neg(w)
-        out = layer(xp, wp, _pos(b)) + layer.core(xn, wn)
-        g = divide(relevance, out, self.stabilizer)
-        return (xp * layer.transpose(wp, g, x) + xn * layer.transpose(wn, g, x),)
+        _needs_linear(self, layer)
+        return AlphaBeta(1.0, 0.0, self.stabilizer)(layer, inputs, relevance)
 
 
 def Alpha1Beta0(stabilizer: float = 1e-6) -> AlphaBeta:  # noqa: N802 - rule constructor
