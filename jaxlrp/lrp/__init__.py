@@ -4,6 +4,7 @@
 * :mod:`~jaxlrp.lrp.composites`: which rule goes to which layer;
 * :mod:`~jaxlrp.lrp.canonizers`: graph rewrites such as BatchNorm folding;
 * :mod:`~jaxlrp.lrp.graph`: the model read from its jaxpr as a graph of layers;
+* :mod:`~jaxlrp.lrp.pooling`: max-pooling with a fast derivative for the engine;
 * :mod:`~jaxlrp.lrp.engine`: :func:`lrp`, the forward and relevance passes.
 """
 

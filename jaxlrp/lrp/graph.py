@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jax.extend import core as jcore
 
 from jaxlrp.errors import UnsupportedOperationError
+from jaxlrp.lrp import pooling
 
 # ----------------------------------------------------------------------------- primitives
 
@@ -178,9 +179,16 @@ def flatten(
 
 
 def evaluate(eqns: Sequence[Eqn], env: dict[int, Any]) -> dict[int, Any]:
-    """Run ``eqns`` in order, reading and writing ``env`` (id -> value)."""
+    """Run ``eqns`` in order, reading and writing ``env`` (id -> value).
+
+    ``reduce_window_max`` runs as :func:`jaxlrp.lrp.pooling.window_max`: the same
+    values, and a derivative that is the same (ties included) but much faster.
+    """
     for e in eqns:
         vals = [a.value if isinstance(a, Lit) else env[a] for a in e.ins]
+        if e.name == "reduce_window_max" and pooling.supported(e.params):
+            env[e.outs[0]] = pooling.window_max(*vals, **e.params)
+            continue
         out = e.prim.bind(*vals, **e.params)
         if e.prim.multiple_results:
             for i, o in zip(e.outs, out, strict=True):
