@@ -43,7 +43,9 @@ from flax import nnx  # noqa: E402
 
 from jaxlrp.cam import gradcam_pp  # noqa: E402
 from jaxlrp.hybrid import hybrid  # noqa: E402
-from jaxlrp.lrp.engine import lrp  # noqa: E402
+from jaxlrp.lrp.engine import forward_env, lrp  # noqa: E402
+from jaxlrp.lrp.graph import trace  # noqa: E402
+from jaxlrp.tracing import as_adapter  # noqa: E402
 
 
 def jax_side(model, x, t, reps: int) -> dict:
@@ -57,9 +59,19 @@ def jax_side(model, x, t, reps: int) -> dict:
         out = m(s)(xx)
         return jnp.take_along_axis(out, tt[:, None], axis=1).sum()
 
+    def engine_logit_sum(xx, s, tt):
+        # the same gradient, through the equations jaxlrp's engine runs (its max-pool
+        # derivative avoids XLA:CPU's slow select_and_scatter_add)
+        adapter = as_adapter(m(s))
+        graph, leaves = trace(adapter.apply, adapter.params, xx)
+        out = forward_env(graph, leaves, xx)[graph.out_id]
+        return jnp.take_along_axis(out, tt[:, None], axis=1).sum()
+
     fns = {
         "forward": jax.jit(lambda s, xx: m(s)(xx)),
         "input_gradient": jax.jit(lambda s, xx, tt: jax.grad(logit_sum)(xx, s, tt)),
+        "input_gradient_engine": jax.jit(
+            lambda s, xx, tt: jax.grad(engine_logit_sum)(xx, s, tt)),
         "gradcam_pp": jax.jit(lambda s, xx, tt: gradcam_pp(m(s), xx, tt)),
         "lrp": jax.jit(lambda s, xx, tt: lrp(m(s), xx, tt)),
         "hybrid": jax.jit(lambda s, xx, tt: hybrid(m(s), xx, tt)),
@@ -69,7 +81,7 @@ def jax_side(model, x, t, reps: int) -> dict:
     for name, fn in fns.items():
         args = (state, xj) if name == "forward" else (state, xj, tj)
         res[name] = U.timeit(lambda fn=fn, args=args: fn(*args), reps=reps)
-        print(f"  jax   {name:15s} median {res[name]['median']:.4f} s "
+        print(f"  jax   {name:21s} median {res[name]['median']:.4f} s "
               f"(first call {res[name]['first']:.2f} s)", flush=True)
     res["hybrid_eager"] = U.timeit(lambda: hybrid(model, xj, tj), reps=reps)
     print(f"  jax   {'hybrid (eager)':15s} median {res['hybrid_eager']['median']:.4f} s",
@@ -132,6 +144,8 @@ def run(name, desc, model, tmodel, x, xt, cam_layer, reps) -> dict:
         "ratios": {
             "jax_hybrid_over_input_gradient": j["hybrid"]["median"]
             / j["input_gradient"]["median"],
+            "jax_hybrid_over_input_gradient_engine": j["hybrid"]["median"]
+            / j["input_gradient_engine"]["median"],
             "peer_pipeline_over_jax_hybrid": p["hybrid"]["median"] / j["hybrid"]["median"],
             "peer_pipeline_over_jax_hybrid_eager": p["hybrid"]["median"]
             / j["hybrid_eager"]["median"],
@@ -156,6 +170,10 @@ def markdown(info: dict, results: list[dict], args) -> str:
             jj, tt = r["jax"][k], r["torch"][k]
             rows.append([k, jj["median"], jj["compile"], tt["median"],
                          tt["median"] / jj["median"]])
+        jg = r["jax"]["input_gradient_engine"]
+        rows.insert(2, ["input_gradient (through jaxlrp's engine)", jg["median"], jg["compile"],
+                        r["torch"]["input_gradient"]["median"],
+                        r["torch"]["input_gradient"]["median"] / jg["median"]])
         je = r["jax"]["hybrid_eager"]
         rows.append(["hybrid (eager jaxlrp.hybrid)", je["median"], je["compile"],
                      r["torch"]["hybrid"]["median"],
@@ -164,7 +182,9 @@ def markdown(info: dict, results: list[dict], args) -> str:
                                  "speed-up"]), ""]
         rr = r["ratios"]
         parts += ["- JAX hybrid / JAX input gradient: "
-                  f"**{rr['jax_hybrid_over_input_gradient']:.2f}x** (target <= 1.6)",
+                  f"**{rr['jax_hybrid_over_input_gradient']:.2f}x** (target <= 1.6); "
+                  "over the same input gradient through jaxlrp's engine: "
+                  f"{rr['jax_hybrid_over_input_gradient_engine']:.2f}x",
                   "- peers' pipeline / jaxlrp hybrid: "
                   f"**{rr['peer_pipeline_over_jax_hybrid']:.2f}x** (jitted), "
                   f"{rr['peer_pipeline_over_jax_hybrid_eager']:.2f}x (eager call)", ""]
@@ -203,7 +223,9 @@ def main(argv=None) -> None:
     for r in results:
         rr = r["ratios"]
         print(f"  {r['workload']} batch {r['batch']}: hybrid/grad "
-              f"{rr['jax_hybrid_over_input_gradient']:.2f}x (<= 1.6); peers/hybrid "
+              f"{rr['jax_hybrid_over_input_gradient']:.2f}x (<= 1.6; "
+              f"{rr['jax_hybrid_over_input_gradient_engine']:.2f}x over the engine's "
+              "gradient); peers/hybrid "
               f"{rr['peer_pipeline_over_jax_hybrid']:.2f}x jitted, "
               f"{rr['peer_pipeline_over_jax_hybrid_eager']:.2f}x eager")
 
