@@ -28,7 +28,6 @@ NNX modules or :class:`jaxlrp.LinenModel`, parameters).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -41,11 +40,10 @@ from jaxlrp import image
 from jaxlrp.errors import ExplanationError
 from jaxlrp.tracing import (
     Adapter,
-    LinenAdapter,
     LinenModel,
-    NNXAdapter,
     apply_checked,
     as_adapter,
+    cached_shapes,
     default_cam_layer,
 )
 from jaxlrp.validation import (
@@ -82,42 +80,13 @@ __all__ = [
 # ----------------------------------------------------------------------------- layer + core
 
 
-_SHAPE_CACHE: OrderedDict = OrderedDict()
-_SHAPE_CACHE_SIZE = 64
-
-
-def _shape_key(adapter: Adapter, x: jax.Array) -> Any:
-    """A hashable key for everything shape-related about (model, x), or None."""
-    if isinstance(adapter, NNXAdapter):
-        base: Any = ("nnx", adapter.graphdef)
-    elif isinstance(adapter, LinenAdapter):
-        base = ("linen", adapter.module, tuple(sorted(adapter.apply_kwargs.items())))
-    else:
-        return None
-    leaves, treedef = jax.tree_util.tree_flatten(adapter.params)
-    shapes = tuple((tuple(a.shape), str(a.dtype)) for a in leaves)
-    key = (base, treedef, shapes, tuple(x.shape), str(x.dtype))
-    try:
-        hash(key)
-    except TypeError:
-        return None
-    return key
-
-
 def _model_shapes(adapter: Adapter, x: jax.Array) -> dict:
     """Logits shape (validated by ``apply_checked``) and layer list, cached per model
-    structure, parameter shapes and input shape: abstract traces are not repeated when an
-    explainer is called eagerly again and again (as metrics do)."""
-    key = _shape_key(adapter, x)
-    if key is not None and key in _SHAPE_CACHE:
-        _SHAPE_CACHE.move_to_end(key)
-        return _SHAPE_CACHE[key]
-    entry = {"logits": apply_checked(adapter, x), "layers": adapter.layers(x)}
-    if key is not None:
-        _SHAPE_CACHE[key] = entry
-        while len(_SHAPE_CACHE) > _SHAPE_CACHE_SIZE:
-            _SHAPE_CACHE.popitem(last=False)
-    return entry
+    structure, parameter shapes and input shape (:func:`jaxlrp.tracing.cached_shapes`)."""
+    return cached_shapes(
+        "cam", adapter, x,
+        lambda: {"logits": apply_checked(adapter, x), "layers": adapter.layers(x)},
+    )
 
 
 def resolve_layer(adapter: Adapter, x: jax.Array, layer: str | None) -> tuple[str, tuple]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -191,11 +192,54 @@ def as_adapter(model: Any, name: str = "model") -> Adapter:
     )
 
 
+_SHAPE_CACHE: OrderedDict = OrderedDict()
+_SHAPE_CACHE_SIZE = 128
+
+
+def shape_key(adapter: Adapter, x: jax.Array) -> Any:
+    """A hashable key for everything shape-related about (model, x), or None."""
+    if not isinstance(adapter, (NNXAdapter, LinenAdapter)):
+        return None
+    base = static_key(adapter)
+    leaves, treedef = jax.tree_util.tree_flatten(adapter.params)
+    shapes = tuple((tuple(a.shape), str(a.dtype)) for a in leaves)
+    key = (base, treedef, shapes, tuple(x.shape), str(x.dtype))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def cached_shapes(kind: str, adapter: Adapter, x: jax.Array, compute: Callable[[], Any]) -> Any:
+    """``compute()`` (an abstract trace of the model), cached per ``kind`` and
+    :func:`shape_key`: eager explainer calls in a loop (as metrics make them) do not
+    re-trace the model to validate it. Errors are raised again on every call."""
+    key = shape_key(adapter, x)
+    if key is None:
+        return compute()
+    key = (kind, key)
+    with _LOCK:
+        if key in _SHAPE_CACHE:
+            _SHAPE_CACHE.move_to_end(key)
+            return _SHAPE_CACHE[key]
+    value = compute()
+    with _LOCK:
+        _SHAPE_CACHE[key] = value
+        while len(_SHAPE_CACHE) > _SHAPE_CACHE_SIZE:
+            _SHAPE_CACHE.popitem(last=False)
+    return value
+
+
 def apply_checked(adapter: Adapter, x: jax.Array, name: str = "x") -> jax.ShapeDtypeStruct:
     """Abstractly run the model on ``x``; turn shape errors into :class:`ExplanationError`.
 
-    Returns the logits' shape/dtype, which must be (B, K).
+    Returns the logits' shape/dtype, which must be (B, K). Cached (:func:`cached_shapes`).
     """
+    return cached_shapes("logits", adapter, x, lambda: _apply_checked(adapter, x, name))
+
+
+def _apply_checked(adapter: Adapter, x: jax.Array, name: str) -> jax.ShapeDtypeStruct:
     try:
         out = jax.eval_shape(adapter.apply, adapter.params, jax.ShapeDtypeStruct(x.shape, x.dtype))
     except ExplanationError as e:
