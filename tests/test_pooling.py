@@ -71,3 +71,14 @@ def test_engine_uses_window_max_for_max_pools():
     jaxpr = jax.make_jaxpr(lambda v: graph.evaluate(eqns, {in_ids[0]: v})[outs[0]])(x)
     assert "reduce_window_max" not in str(jaxpr)
     assert not pooling.supported({"base_dilation": (1, 2, 2, 1), "window_dilation": (1,) * 4})
+
+
+def test_nan_propagates_like_lax_max():
+    """A NaN at any window position gives NaN, as reduce_window_max does."""
+    x = np.zeros((1, 4, 4, 1), np.float32)
+    x[0, 1, 1, 0] = np.nan  # last position of the first 2x2 window
+    x[0, 2, 3, 0] = np.nan  # second position of the last window
+    args = ((1, 2, 2, 1), (1, 2, 2, 1), ((0, 0),) * 4)
+    out = pooling.window_max(jnp.asarray(x), *args)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(_reference(jnp.asarray(x), *args)))
+    assert np.isnan(out).sum() == 2

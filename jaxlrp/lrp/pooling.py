@@ -58,5 +58,11 @@ def window_max(
         limit = [o + (m - 1) * s + 1 for o, m, s in zip(offset, out_shape, window_strides,
                                                        strict=True)]
         candidate = lax.slice(x, start, limit, window_strides)
-        best = candidate if best is None else jnp.where(candidate > best, candidate, best)
+        if best is None:
+            best = candidate
+        else:  # a NaN anywhere in the window propagates, as with lax.max
+            take = candidate > best
+            if jnp.issubdtype(x.dtype, jnp.inexact):
+                take = take | jnp.isnan(candidate)
+            best = jnp.where(take, candidate, best)
     return best
