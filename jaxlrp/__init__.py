@@ -40,6 +40,7 @@ _LAZY = {
     "training": ("jaxlrp.training", None),
     "checkpoint": ("jaxlrp.checkpoint", None),
     "convert": ("jaxlrp.convert", None),
+    "enable_compilation_cache": ("jaxlrp.compilation_cache", "enable_compilation_cache"),
 }
 
 
