@@ -22,7 +22,6 @@ import dataclasses
 import threading
 import types
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -31,12 +30,11 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import nnx
 
+from jaxlrp import _cache
+from jaxlrp._cache import key_part
 from jaxlrp.errors import ExplanationError
 
 Hook = Callable[[str, Any, Any], Any]
-
-_LOCK = threading.RLock()
-
 
 @jax.tree_util.register_pytree_node_class
 @dataclasses.dataclass(frozen=True)
@@ -195,10 +193,6 @@ def as_adapter(model: Any, name: str = "model") -> Adapter:
     )
 
 
-_SHAPE_CACHE: OrderedDict = OrderedDict()
-_SHAPE_CACHE_SIZE = 128
-
-
 def shape_key(adapter: Adapter, x: jax.Array) -> Any:
     """A hashable key for everything shape-related about (model, x), or None."""
     if not isinstance(adapter, (NNXAdapter, LinenAdapter)):
@@ -216,22 +210,13 @@ def shape_key(adapter: Adapter, x: jax.Array) -> Any:
 
 def cached_shapes(kind: str, adapter: Adapter, x: jax.Array, compute: Callable[[], Any]) -> Any:
     """``compute()`` (an abstract trace of the model), cached per ``kind`` and
-    :func:`shape_key`: eager explainer calls in a loop (as metrics make them) do not
-    re-trace the model to validate it. Errors are raised again on every call."""
+    :func:`shape_key` in ``jaxlrp._cache.SHAPES``: eager explainer calls in a loop (as
+    metrics make them) do not re-trace the model to validate it. Errors are raised again
+    on every call."""
     key = shape_key(adapter, x)
     if key is None:
         return compute()
-    key = (kind, key)
-    with _LOCK:
-        if key in _SHAPE_CACHE:
-            _SHAPE_CACHE.move_to_end(key)
-            return _SHAPE_CACHE[key]
-    value = compute()
-    with _LOCK:
-        _SHAPE_CACHE[key] = value
-        while len(_SHAPE_CACHE) > _SHAPE_CACHE_SIZE:
-            _SHAPE_CACHE.popitem(last=False)
-    return value
+    return _cache.SHAPES.get((kind, key), compute)
 
 
 def apply_checked(adapter: Adapter, x: jax.Array, name: str = "x") -> jax.ShapeDtypeStruct:
@@ -420,46 +405,15 @@ def layers(model: Any, x: jax.Array | tuple[int, ...]) -> list[LayerInfo]:
 
 
 def static_key(adapter: Adapter) -> Any:
-    """A hashable key for the model's structure (not its parameter values)."""
+    """A hashable key for the model's structure (not its parameter values); objects that
+    do not hash by value are held weakly (:func:`jaxlrp._cache.key_part`)."""
     if isinstance(adapter, NNXAdapter):
         return ("nnx", adapter.graphdef)
     if isinstance(adapter, LinenAdapter):
         treedef = jax.tree_util.tree_structure(adapter.params)
         kwargs = tuple(sorted(adapter.apply_kwargs.items()))  # a dict would key by id
-        return ("linen", hashable(adapter.module), treedef, hashable(kwargs))
-    return ("other", id(adapter))
-
-
-_KEEP: dict[int, Any] = {}
-
-
-def hashable(obj: Any) -> Any:
-    """``obj`` if it hashes, else its id (the object is kept alive so the id stays unique)."""
-    try:
-        hash(obj)
-        return obj
-    except TypeError:
-        _KEEP[id(obj)] = obj
-        return ("id", id(obj))
-
-
-_JIT_CACHE: dict[Any, Callable] = {}
-_JIT_CACHE_SIZE = 64
-
-
-def cached_jit(key: Any, build: Callable[[], Callable]) -> Callable:
-    """Return the jitted function cached under ``key``, building it once with ``build()``.
-
-    Public entry points call their traced implementation through this when they are
-    called eagerly, so that a loop of eager calls compiles once per shape instead of
-    dispatching every primitive (and so that repeated calls never retrace).
-    """
-    fn = _JIT_CACHE.get(key)
-    if fn is None:
-        if len(_JIT_CACHE) >= _JIT_CACHE_SIZE:
-            _JIT_CACHE.pop(next(iter(_JIT_CACHE)))
-        fn = _JIT_CACHE[key] = jax.jit(build())
-    return fn
+        return ("linen", key_part(adapter.module), treedef, key_part(kwargs))
+    return ("other", key_part(adapter))
 
 
 def all_concrete(*trees: Any) -> bool:
