@@ -154,7 +154,8 @@ class LinenAdapter(Adapter):
             if context.method_name != "__call__":
                 return out
             path = "/".join(str(p) for p in context.module.path)
-            return hook(path, context.module, out)
+            h = _effective_hook(hook)  # see hook_filter
+            return out if h is None else h(path, context.module, out)
 
         with nn.intercept_methods(interceptor):
             return self.module.apply(params, x, **self.apply_kwargs)
@@ -349,6 +350,21 @@ def _subclass(cls: type, attrs: dict[str, Any]) -> type:
     if isinstance(getattr(cls, "_pytree__is_pytree", None), bool):
         kwds["pytree"] = cls._pytree__is_pytree
     return types.new_class(cls.__name__, (cls,), kwds, lambda ns: ns.update(attrs))
+
+
+@contextlib.contextmanager
+def rescope(root: nnx.Module) -> Iterator[None]:
+    """Scope ``root``'s submodule calls like those of the copy being traced, if any.
+
+    For code that re-merges a traced copy inside its own sub-trace (``soften``): the new
+    copy's modules get the same paths and the active hook.
+    """
+    state = _STATE.get()
+    if state is None:
+        yield
+        return
+    with _nnx_scopes(root, state.hook):
+        yield
 
 
 @contextlib.contextmanager
