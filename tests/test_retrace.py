@@ -255,3 +255,24 @@ def test_name_stacks_carry_module_paths(model):
     stacks = {str(e.source_info.name_stack) for e in jaxpr.jaxpr.eqns
               if e.primitive.name in ("conv_general_dilated", "dot_general")}
     assert {"features/0/conv", "features/1/conv"} <= stacks, stacks
+
+
+def test_sharded_cache_is_weakly_keyed_on_the_explainer(model):
+    """distributed.explain_dataset caches its sharded function in jaxlrp._cache.SHARDED,
+    keyed weakly on the explainer: a deleted explainer's entry is dropped."""
+    from jaxlrp.distributed import explain_dataset
+
+    x = np.concatenate(_inputs(2))
+    explain = lambda m, xx, t: jaxlrp.gradcam(m, xx, t)  # noqa: E731
+    jaxlrp.clear_caches()
+    before = len(_COMPILES)
+    for _ in range(2):
+        maps = explain_dataset(explain, model, x, chunk_size=2, target="predicted",
+                               progress=False)
+    assert _COMPILES[before:].count(JIT_NAME) == 1 and len(_cache.SHARDED) == 1
+    assert maps.shape == (4, 16, 16)
+    np.testing.assert_allclose(maps, jaxlrp.gradcam(model, x), atol=1e-5)
+    ref = weakref.ref(explain)
+    del explain
+    gc.collect()
+    assert ref() is None and len(_cache.SHARDED) == 0
