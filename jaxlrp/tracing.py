@@ -36,6 +36,7 @@ from jaxlrp.errors import ExplanationError
 
 Hook = Callable[[str, Any, Any], Any]
 
+
 @jax.tree_util.register_pytree_node_class
 @dataclasses.dataclass(frozen=True)
 class LinenModel:
