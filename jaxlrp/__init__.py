@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 
 from jaxlrp import explainers, metrics
+from jaxlrp._cache import clear_caches
 from jaxlrp.cam import gradcam, gradcam_pp, hirescam, layercam, scorecam, xgradcam
 from jaxlrp.errors import ExplanationError, UnsupportedOperationError
 from jaxlrp.hybrid import combine, hybrid
@@ -57,6 +58,7 @@ __all__ = [
     "LinenModel",
     "UnsupportedOperationError",
     "canonizers",
+    "clear_caches",
     "combine",
     "composites",
     "explainers",

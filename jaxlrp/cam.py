@@ -36,15 +36,17 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import nnx
 
-from jaxlrp import image
+from jaxlrp import _cache, image
 from jaxlrp.errors import ExplanationError
 from jaxlrp.tracing import (
     Adapter,
     LinenModel,
+    all_concrete,
     apply_checked,
     as_adapter,
     cached_shapes,
     default_cam_layer,
+    static_key,
 )
 from jaxlrp.validation import (
     Target,
@@ -276,9 +278,15 @@ def _explain(
     static = dict(method=method, layer=layer, predicted=predicted, relu=relu,
                   upsample=upsample, normalize=normalize, opts=opts)
     tree = _jittable(model)
-    if tree is None:
-        return _explain_core(adapter, x, target, **static)
-    return _explain_jit(tree, x, target, **static)
+    if tree is None or not all_concrete(tree, x, target):
+        return _explain_core(adapter if tree is None else tree, x, target, **static)
+    # eager: one compile per structure and options (jaxlrp._cache.JIT)
+    key = ("cam", static_key(adapter), tuple(sorted(static.items())))
+    return _cache.jit_call(_cache.JIT, key, _explain_cached, (static,), (tree, x, target))
+
+
+def _explain_cached(static: dict, tree: Any, x: jax.Array, target: Any) -> jax.Array:
+    return _explain_core(tree, x, target, **static)
 
 
 def _explain_core(
@@ -297,12 +305,6 @@ def _explain_core(
         cam = _CAMS[method](acts, grads, **opts)
     cam = postprocess(cam, x.shape[1:3], relu=relu, upsample=upsample, normalize=normalize)
     return poison(cam, finite_rows(x) & valid_targets(t, k))
-
-
-_explain_jit = jax.jit(
-    _explain_core,
-    static_argnames=("method", "layer", "predicted", "relu", "upsample", "normalize", "opts"),
-)
 
 
 def _gradcam_map(acts: jax.Array, grads: jax.Array) -> jax.Array:

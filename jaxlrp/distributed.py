@@ -37,7 +37,6 @@ processes in advance, so they are accepted on a single process only.
 
 from __future__ import annotations
 
-import collections
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -50,8 +49,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxlrp import _cache
+from jaxlrp._cache import key_part
 from jaxlrp.errors import ExplanationError
-from jaxlrp.tracing import LinenModel, apply_checked, as_adapter, hashable, static_key
+from jaxlrp.tracing import LinenModel, apply_checked, as_adapter, static_key
 from jaxlrp.validation import check_positive_int
 
 __all__ = ["batch_mesh", "explain_dataset"]
@@ -118,9 +119,9 @@ def explain_dataset(
     replicated = NamedSharding(mesh, P())
 
     source = _Source.make(data, target, nproc, pid)
-    rebuild, tree, key = _split_model(model)
+    rebuild, static, tree, key = _split_model(model)
     predicted = isinstance(target, str) and target == "predicted"
-    fn = _jitted(explain, rebuild, key, predicted, shard_batch, replicated)
+    fn = _sharded_call(explain, rebuild, static, key, predicted, shard_batch, replicated)
     tree = _replicate(tree, replicated, nproc)
     adapter = as_adapter(model)
 
@@ -158,43 +159,54 @@ def explain_dataset(
 # ----------------------------------------------------------------------------- the model
 
 
-def _split_model(model: Any) -> tuple[Callable[[Any], Any], Any, Any]:
-    """(rebuild, tree, key): ``rebuild(tree)`` is the model, ``tree`` holds its arrays and
-    ``key`` identifies its structure (equal keys mean ``rebuild`` behaves the same)."""
+def _split_model(model: Any) -> tuple[Callable[[Any, Any], Any], Any, Any, Any]:
+    """(rebuild, static, tree, key): ``rebuild(static, tree)`` is the model, ``tree`` holds
+    its arrays, ``static`` the rest, and ``key`` identifies ``static`` (equal keys mean
+    ``rebuild`` behaves the same)."""
     if isinstance(model, nnx.Module):
         graphdef, state = nnx.split(model)
-        return (lambda s: nnx.merge(graphdef, s)), state, ("nnx", graphdef)
+        return _merge_nnx, graphdef, state, ("nnx", graphdef)
     if isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
         model = LinenModel(model[0], model[1])
     if isinstance(model, LinenModel):
-        module, kwargs = model.module, model.apply_kwargs
-        return ((lambda v: LinenModel(module, v, kwargs)), model.variables,
+        return (_rebuild_linen, (model.module, model.apply_kwargs), model.variables,
                 static_key(as_adapter(model)))
     adapter = as_adapter(model)  # raises ExplanationError for anything unsupported
-    return (lambda _: adapter), None, ("adapter", id(adapter))
+    return _same, adapter, None, ("adapter", key_part(adapter))
 
 
-_CACHE: collections.OrderedDict = collections.OrderedDict()
-_CACHE_SIZE = 16
+def _merge_nnx(graphdef: Any, state: Any) -> Any:
+    return nnx.merge(graphdef, state)
 
 
-def _jitted(explain: Explainer, rebuild: Callable, key: Any, predicted: bool,
-            shard_batch: NamedSharding, replicated: NamedSharding) -> Callable:
-    """The sharded, jitted ``fn(tree, x, t)``; cached so that repeated calls compile once."""
-    cache_key = (hashable(explain), key, predicted, shard_batch, replicated)
-    fn = _CACHE.get(cache_key)
-    if fn is not None:
-        _CACHE.move_to_end(cache_key)
-        return fn
+def _rebuild_linen(static: tuple, variables: Any) -> LinenModel:
+    return LinenModel(static[0], variables, static[1])
 
-    def run(tree: Any, x: jax.Array, t: jax.Array | None) -> jax.Array:
-        return explain(rebuild(tree), x, "predicted" if predicted else t)
 
-    fn = jax.jit(run, in_shardings=(replicated, shard_batch, shard_batch),
-                 out_shardings=shard_batch)
-    _CACHE[cache_key] = fn
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
+def _same(adapter: Any, _: Any) -> Any:
+    return adapter
+
+
+def _run(explain: Explainer, rebuild: Callable, static: Any, predicted: bool, tree: Any,
+         x: jax.Array, t: jax.Array | None) -> jax.Array:
+    return explain(rebuild(static, tree), x, "predicted" if predicted else t)
+
+
+def _sharded_call(explain: Explainer, rebuild: Callable, static: Any, key: Any,
+                  predicted: bool, shard_batch: NamedSharding,
+                  replicated: NamedSharding) -> Callable:
+    """``fn(tree, x, t)``: the explainer, sharded and jitted, cached in
+    ``jaxlrp._cache.SHARDED`` so that repeated calls compile once. The cached function
+    holds neither the explainer nor the model (they are weak parts of the key)."""
+    cache_key = (key_part(explain), rebuild, key, predicted, shard_batch, replicated)
+    jit_kwargs = dict(in_shardings=(replicated, shard_batch, shard_batch),
+                      out_shardings=shard_batch)
+
+    def fn(tree: Any, x: jax.Array, t: jax.Array | None) -> jax.Array:
+        return _cache.jit_call(_cache.SHARDED, cache_key, _run,
+                               (explain, rebuild, static, predicted), (tree, x, t),
+                               **jit_kwargs)
+
     return fn
 
 

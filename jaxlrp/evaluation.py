@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxlrp import _cache
 from jaxlrp.atomic import atomic_write
 from jaxlrp.errors import ExplanationError
 from jaxlrp.tracing import LinenModel, apply_checked, as_adapter
@@ -35,8 +37,6 @@ from jaxlrp.tracing import LinenModel, apply_checked, as_adapter
 DEFAULT_EXPLAINERS = ("gradcam", "gradcam++", "lrp", "hybrid")
 _BATCH_DIR = "batches"
 _MANIFEST = "run.json"
-_NAMED: dict[str, Any] = {}  # explainers resolved by name, reused across evaluate calls
-_JITTED: dict[Any, Any] = {}  # jitted explainers, reused across evaluate calls
 
 Explainer = Callable[[Any, jax.Array, Any], jax.Array]
 
@@ -332,9 +332,8 @@ def _resolve_explainers(explainers: Any) -> dict[str, Explainer]:
                 raise ExplanationError(
                     f"explainers: expected explainer names (str), got {type(name).__name__}"
                 )
-            if name not in _NAMED:
-                _NAMED[name] = registry.get(name)  # one object per name: metric jits reuse it
-            out[name] = _NAMED[name]
+            # one object per name, so metric jits reuse it (jaxlrp._cache.NAMED)
+            out[name] = _cache.NAMED.get(name, functools.partial(registry.get, name))
     else:
         raise ExplanationError(
             "explainers: expected a list of names or a dict name -> explain function, got "
@@ -407,16 +406,20 @@ def _check_batch(batch: Any, index: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def _jitted(fn: Explainer, model: Any) -> Explainer:
-    """Jit an explainer when the model is a pytree (NNX module or LinenModel)."""
+    """Jit an explainer when the model is a pytree (NNX module or LinenModel); the compiled
+    function is cached in ``jaxlrp._cache.EVAL_JIT``, keyed weakly on ``fn``."""
     if not isinstance(model, (nnx.Module, LinenModel)):
         return fn
-    try:
-        jfn = _JITTED.get(fn)
-        if jfn is None:
-            jfn = _JITTED[fn] = jax.jit(fn)
-        return jfn
-    except TypeError:  # unhashable callable
-        return jax.jit(fn)
+    key = _cache.key_part(fn)
+
+    def jfn(m: Any, x: jax.Array, t: Any) -> jax.Array:
+        return _cache.jit_call(_cache.EVAL_JIT, key, _call, (fn,), (m, x, t))
+
+    return jfn
+
+
+def _call(fn: Explainer, model: Any, x: jax.Array, t: Any) -> jax.Array:
+    return fn(model, x, t)
 
 
 def _error_text(e: BaseException) -> str:

@@ -29,20 +29,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxlrp import _cache, image
 from jaxlrp import cam as _cam
-from jaxlrp import image
 from jaxlrp.errors import ExplanationError
 from jaxlrp.lrp import canonizers as C
 from jaxlrp.lrp import composites as K
 from jaxlrp.lrp.engine import lrp_with_layer_gradient
-from jaxlrp.tracing import (
-    all_concrete,
-    apply_checked,
-    as_adapter,
-    cached_jit,
-    hashable,
-    static_key,
-)
+from jaxlrp.tracing import all_concrete, apply_checked, as_adapter, static_key
 from jaxlrp.validation import (
     check_images,
     check_positive_int,
@@ -205,11 +198,18 @@ def hybrid(
     layer, _ = _cam.resolve_layer(adapter, x, layer)
     t = static_targets(target, x.shape[0], out.shape[-1])
     opts = (cam, layer, float(threshold), reduce, int(ksize), float(sigma), return_parts)
-    impl = functools.partial(_hybrid, adapter, comp, canon, opts)
-    if all_concrete(adapter.params, x, t):
-        key = ("hybrid", static_key(adapter), hashable(comp), hashable(canon), opts)
-        impl = cached_jit(key, lambda: impl)
-    return impl(adapter.params, x, t)
+    if not all_concrete(adapter.params, x, t):
+        return _hybrid(adapter, comp, canon, opts, adapter.params, x, t)
+    # eager: one compile per structure; composite/canonizer arrays are arguments
+    cstat, carrays = _cache.partition(comp)
+    kstat, karrays = _cache.partition(canon)
+    key = ("hybrid", static_key(adapter), cstat.key, kstat.key, opts)
+    return _cache.jit_call(_cache.JIT, key, _hybrid_cached, (adapter, cstat, kstat, opts),
+                           (adapter.params, carrays, karrays, x, t))
+
+
+def _hybrid_cached(adapter, cstat, kstat, opts, params, carrays, karrays, x, t):
+    return _hybrid(adapter, cstat.rebuild(carrays), kstat.rebuild(karrays), opts, params, x, t)
 
 
 def _hybrid(adapter, comp, canon, opts, params, x, t):

@@ -10,16 +10,18 @@ Everything above this module (CAM, LRP, metrics) sees a model only through
   path, so that every jaxpr equation carries its module path in
   ``source_info.name_stack`` for NNX as it does for Linen.
 
-The user's model is never modified: NNX classes are patched only for the
-duration of one trace and restored afterwards.
+The user's model and classes are never modified: NNX submodule calls are intercepted
+on the per-call copy that ``nnx.merge`` makes (see ``_nnx_scopes``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import threading
-from collections import OrderedDict
+import types
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,11 +30,11 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import nnx
 
+from jaxlrp import _cache
+from jaxlrp._cache import key_part
 from jaxlrp.errors import ExplanationError
 
 Hook = Callable[[str, Any, Any], Any]
-
-_LOCK = threading.RLock()
 
 
 @jax.tree_util.register_pytree_node_class
@@ -153,7 +155,8 @@ class LinenAdapter(Adapter):
             if context.method_name != "__call__":
                 return out
             path = "/".join(str(p) for p in context.module.path)
-            return hook(path, context.module, out)
+            h = _effective_hook(hook)  # see hook_filter
+            return out if h is None else h(path, context.module, out)
 
         with nn.intercept_methods(interceptor):
             return self.module.apply(params, x, **self.apply_kwargs)
@@ -192,10 +195,6 @@ def as_adapter(model: Any, name: str = "model") -> Adapter:
     )
 
 
-_SHAPE_CACHE: OrderedDict = OrderedDict()
-_SHAPE_CACHE_SIZE = 128
-
-
 def shape_key(adapter: Adapter, x: jax.Array) -> Any:
     """A hashable key for everything shape-related about (model, x), or None."""
     if not isinstance(adapter, (NNXAdapter, LinenAdapter)):
@@ -213,22 +212,13 @@ def shape_key(adapter: Adapter, x: jax.Array) -> Any:
 
 def cached_shapes(kind: str, adapter: Adapter, x: jax.Array, compute: Callable[[], Any]) -> Any:
     """``compute()`` (an abstract trace of the model), cached per ``kind`` and
-    :func:`shape_key`: eager explainer calls in a loop (as metrics make them) do not
-    re-trace the model to validate it. Errors are raised again on every call."""
+    :func:`shape_key` in ``jaxlrp._cache.SHAPES``: eager explainer calls in a loop (as
+    metrics make them) do not re-trace the model to validate it. Errors are raised again
+    on every call."""
     key = shape_key(adapter, x)
     if key is None:
         return compute()
-    key = (kind, key)
-    with _LOCK:
-        if key in _SHAPE_CACHE:
-            _SHAPE_CACHE.move_to_end(key)
-            return _SHAPE_CACHE[key]
-    value = compute()
-    with _LOCK:
-        _SHAPE_CACHE[key] = value
-        while len(_SHAPE_CACHE) > _SHAPE_CACHE_SIZE:
-            _SHAPE_CACHE.popitem(last=False)
-    return value
+    return _cache.SHAPES.get((kind, key), compute)
 
 
 def apply_checked(adapter: Adapter, x: jax.Array, name: str = "x") -> jax.ShapeDtypeStruct:
@@ -259,69 +249,146 @@ def _apply_checked(adapter: Adapter, x: jax.Array, name: str) -> jax.ShapeDtypeS
 
 
 # ----------------------------------------------------------------------------- NNX scopes
+#
+# Copy, don't patch: ``NNXAdapter.apply`` merges a fresh copy of the model for every
+# call. Each module instance of THAT copy gets a subclass of its own class
+# (:func:`_scoped_class`) whose ``__call__`` enters ``jax.named_scope(path)`` and applies
+# the hook. The user's model, the user's classes and flax's classes are never changed;
+# the per-call state (paths, hook, call stack) lives in a ``ContextVar``, so concurrent
+# traces in other threads (or other contexts) are independent.
 
 
-_ACTIVE = threading.local()
+@dataclasses.dataclass
+class _CallState:
+    """What the scoped ``__call__`` of one traced copy needs: module paths by id, the hook
+    and the stack of active module calls (for relative scope names)."""
+
+    paths: dict[int, str]
+    hook: Hook | None
+    stack: list[tuple[Any, str]] = dataclasses.field(default_factory=list)
+
+
+_STATE: contextvars.ContextVar[_CallState | None] = contextvars.ContextVar(
+    "jaxlrp_nnx_call_state", default=None
+)
+_HOOK_FILTER: contextvars.ContextVar[Callable[[Hook | None], Hook | None] | None] = (
+    contextvars.ContextVar("jaxlrp_hook_filter", default=None)
+)
+_SCOPED: weakref.WeakKeyDictionary[type, type] = weakref.WeakKeyDictionary()
+_SCOPED_LOCK = threading.Lock()
+
+
+def _effective_hook(hook: Hook | None) -> Hook | None:
+    """``hook``, or what the active hook filter makes of it (see :func:`hook_filter`)."""
+    f = _HOOK_FILTER.get()
+    return hook if f is None else f(hook)
+
+
+@contextlib.contextmanager
+def hook_filter(f: Callable[[Hook | None], Hook | None]) -> Iterator[None]:
+    """Within the block, submodule hooks are ``f(hook)`` instead of ``hook``.
+
+    For code that re-traces a model call inside a trace of its own (``soften``): it
+    defers the real hook to its own evaluation, so the hook never sees inner tracers.
+    """
+    token = _HOOK_FILTER.set(f)
+    try:
+        yield
+    finally:
+        _HOOK_FILTER.reset(token)
+
+
+def _scoped_call(self, *args, **kwargs):
+    base_call = _scoped_base(type(self)).__call__
+    state = _STATE.get()
+    path = None if state is None else state.paths.get(id(self))
+    if path is None:
+        return base_call(self, *args, **kwargs)
+    stack = state.stack
+    parent = stack[-1][1] if stack else ""
+    scope = path[len(parent) + 1:] if parent and path.startswith(parent + "/") else path
+    stack.append((self, path))
+    try:
+        if path:
+            with jax.named_scope(scope):
+                out = base_call(self, *args, **kwargs)
+        else:
+            out = base_call(self, *args, **kwargs)
+    finally:
+        stack.pop()
+    hook = _effective_hook(state.hook)
+    if hook is not None and path:
+        out = hook(path, self, out)
+    return out
+
+
+def _scoped_base(cls: type) -> type:
+    return cls.__dict__.get("_jaxlrp_scoped_base", cls)
+
+
+def _scoped_class(cls: type) -> type:
+    """The subclass of ``cls`` (same name) whose ``__call__`` scopes and hooks, made once
+    per class. (Flax registers every Module subclass with jax's pytree registry, which
+    keeps it alive; the table here holds classes weakly.)"""
+    with _SCOPED_LOCK:
+        sub = _SCOPED.get(cls)
+        if sub is None:
+            attrs = {
+                "__call__": _scoped_call,
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "__doc__": cls.__doc__,
+                "_jaxlrp_scoped_base": cls,
+            }
+            sub = _SCOPED[cls] = _subclass(cls, attrs)
+        return sub
+
+
+def _subclass(cls: type, attrs: dict[str, Any]) -> type:
+    """``class cls.__name__(cls)`` with ``attrs``, made with ``cls``'s metaclass; a flax
+    Pytree subclass keeps its base's ``pytree=`` setting."""
+    kwds = {}
+    if isinstance(getattr(cls, "_pytree__is_pytree", None), bool):
+        kwds["pytree"] = cls._pytree__is_pytree
+    return types.new_class(cls.__name__, (cls,), kwds, lambda ns: ns.update(attrs))
+
+
+@contextlib.contextmanager
+def rescope(root: nnx.Module) -> Iterator[None]:
+    """Scope ``root``'s submodule calls like those of the copy being traced, if any.
+
+    For code that re-merges a traced copy inside its own sub-trace (``soften``): the new
+    copy's modules get the same paths and the active hook.
+    """
+    state = _STATE.get()
+    if state is None:
+        yield
+        return
+    with _nnx_scopes(root, state.hook):
+        yield
 
 
 @contextlib.contextmanager
 def _nnx_scopes(root: nnx.Module, hook: Hook | None) -> Iterator[None]:
-    """Patch ``__call__`` of every module class under ``root`` for one trace.
+    """Scope (and hook) every submodule call of ``root``, a fresh copy owned by the caller.
 
-    Each submodule call runs in ``jax.named_scope`` so that its equations carry
-    the module path, and its output goes through ``hook``.
+    Each module instance of ``root`` gets its scoped subclass (:func:`_scoped_class`);
+    the paths and the hook are set in a ``ContextVar`` for the block.
     """
     paths: dict[int, str] = {}
-    classes: list[type] = []
     for path, node in nnx.iter_graph(root):
         if isinstance(node, nnx.Module) and not any(str(p).startswith("_") for p in path):
-            paths.setdefault(id(node), "/".join(str(p) for p in path))
-            if type(node) not in classes:
-                classes.append(type(node))
-    with _LOCK:
-        saved = []
-        for cls in classes:
-            own = cls.__dict__.get("__call__", None)
-            target = cls.__call__
-            saved.append((cls, own))
-            cls.__call__ = _wrap_call(target, paths, hook)
-        try:
-            yield
-        finally:
-            for cls, own in reversed(saved):
-                if own is None:
-                    try:
-                        delattr(cls, "__call__")
-                    except AttributeError:
-                        pass
-                else:
-                    cls.__call__ = own
-
-
-def _wrap_call(orig: Callable, paths: dict[int, str], hook: Hook | None) -> Callable:
-    def wrapped(self, *args, **kwargs):
-        stack = getattr(_ACTIVE, "stack", None)
-        if stack is None:
-            stack = _ACTIVE.stack = []
-        path = paths.get(id(self))
-        if path is None or (stack and stack[-1][0] is self):
-            return orig(self, *args, **kwargs)
-        parent = stack[-1][1] if stack else ""
-        scope = path[len(parent) + 1:] if parent and path.startswith(parent + "/") else path
-        stack.append((self, path))
-        try:
-            if path:
-                with jax.named_scope(scope):
-                    out = orig(self, *args, **kwargs)
-            else:
-                out = orig(self, *args, **kwargs)
-        finally:
-            stack.pop()
-        if hook is not None and path:
-            out = hook(path, self, out)
-        return out
-
-    return wrapped
+            if id(node) in paths:
+                continue
+            paths[id(node)] = "/".join(str(p) for p in path)
+            cls = type(node)
+            if "_jaxlrp_scoped_base" not in cls.__dict__:
+                object.__setattr__(node, "__class__", _scoped_class(cls))
+    token = _STATE.set(_CallState(paths, hook))
+    try:
+        yield
+    finally:
+        _STATE.reset(token)
 
 
 def default_cam_layer(adapter: Adapter, x: jax.Array) -> str:
@@ -355,46 +422,15 @@ def layers(model: Any, x: jax.Array | tuple[int, ...]) -> list[LayerInfo]:
 
 
 def static_key(adapter: Adapter) -> Any:
-    """A hashable key for the model's structure (not its parameter values)."""
+    """A hashable key for the model's structure (not its parameter values); objects that
+    do not hash by value are held weakly (:func:`jaxlrp._cache.key_part`)."""
     if isinstance(adapter, NNXAdapter):
         return ("nnx", adapter.graphdef)
     if isinstance(adapter, LinenAdapter):
         treedef = jax.tree_util.tree_structure(adapter.params)
         kwargs = tuple(sorted(adapter.apply_kwargs.items()))  # a dict would key by id
-        return ("linen", hashable(adapter.module), treedef, hashable(kwargs))
-    return ("other", id(adapter))
-
-
-_KEEP: dict[int, Any] = {}
-
-
-def hashable(obj: Any) -> Any:
-    """``obj`` if it hashes, else its id (the object is kept alive so the id stays unique)."""
-    try:
-        hash(obj)
-        return obj
-    except TypeError:
-        _KEEP[id(obj)] = obj
-        return ("id", id(obj))
-
-
-_JIT_CACHE: dict[Any, Callable] = {}
-_JIT_CACHE_SIZE = 64
-
-
-def cached_jit(key: Any, build: Callable[[], Callable]) -> Callable:
-    """Return the jitted function cached under ``key``, building it once with ``build()``.
-
-    Public entry points call their traced implementation through this when they are
-    called eagerly, so that a loop of eager calls compiles once per shape instead of
-    dispatching every primitive (and so that repeated calls never retrace).
-    """
-    fn = _JIT_CACHE.get(key)
-    if fn is None:
-        if len(_JIT_CACHE) >= _JIT_CACHE_SIZE:
-            _JIT_CACHE.pop(next(iter(_JIT_CACHE)))
-        fn = _JIT_CACHE[key] = jax.jit(build())
-    return fn
+        return ("linen", key_part(adapter.module), treedef, key_part(kwargs))
+    return ("other", key_part(adapter))
 
 
 def all_concrete(*trees: Any) -> bool:

@@ -10,11 +10,12 @@ from flax import nnx
 
 from jaxlrp.cam import gradcam
 from jaxlrp.errors import ExplanationError
-from jaxlrp.lrp import lrp
+from jaxlrp.lrp import composites, lrp
+from jaxlrp.lrp import rules as R
 from jaxlrp.models import VGG, ResNet
 from jaxlrp.models.softening import soft_relu, soften, softened_beta
 from jaxlrp.models.vgg import nnx_to_linen
-from jaxlrp.tracing import layers
+from jaxlrp.tracing import as_adapter, layers
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +90,58 @@ def test_errors(small):
             soften(model, bad)
     with pytest.raises(ExplanationError, match="model"):
         soften(object(), 1.0)
+
+
+_RELU = jax.nn.relu
+
+
+class _Probe(nnx.Module):
+    """Calls jax.nn.relu functionally and records what jax.nn.relu is at call time."""
+
+    def __init__(self, rngs):
+        self.dense = nnx.Linear(4, 3, rngs=rngs)
+        self.seen = []
+
+    def __call__(self, x):
+        self.seen.append((jax.nn.relu is _RELU, nnx.relu is _RELU))
+        return self.dense(jax.nn.relu(x))
+
+
+def test_jax_nn_never_rebound():
+    """soften() does not touch jax.nn or flax: the softened call sees the original
+    functions, and the ReLU is replaced in the traced graph instead."""
+    probe = _Probe(nnx.Rngs(0))
+    soft = soften(probe, 2.0)
+    x = jnp.linspace(-2.0, 2.0, 8).reshape(2, 4)
+    out = soft(x)
+    assert soft.seen == [(True, True)]
+    expected = probe.dense(jnp.log1p(jnp.exp(2.0 * x)) / 2.0)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probe(x), probe.dense(jnp.maximum(x, 0.0)), rtol=1e-6)
+    # under jit too (the copy is rebuilt from the pytree inside the trace)
+    np.testing.assert_allclose(jax.jit(lambda m, xx: m(xx))(soft, x), expected, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_soft_model_keeps_module_paths(small):
+    """Equations of the softened model carry the module paths (LRP composites by path)."""
+    model, x = small
+    soft = soften(model, 1e4)
+    comp = composites.layer_map(conv=R.ZPlus(), dense=R.Epsilon(),
+                                paths={"classifier": R.Epsilon(0.0)})
+    np.testing.assert_allclose(lrp(soft, x, 1, comp), lrp(model, x, 1, comp), atol=1e-4)
+    adapter = as_adapter(soft)
+    jaxpr = jax.make_jaxpr(adapter.apply)(adapter.params, x)
+    stacks = {str(e.source_info.name_stack) for e in jaxpr.jaxpr.eqns
+              if e.primitive.name == "conv_general_dilated"}
+    assert stacks == {"features/0/conv", "features/1/conv"}, stacks
+
+
+def test_linen_soft_explainer_hooks(small):
+    """CAM hooks of a softened Linen model run on the outer values (no leaked tracers)."""
+    model, x = small
+    pair = nnx_to_linen(model)
+    soft_pair, soft_nnx = soften(pair, 4.0), soften(model, 4.0)
+    np.testing.assert_allclose(gradcam(soft_pair, x, 1), gradcam(soft_nnx, x, 1), atol=1e-4)
+    assert not np.allclose(np.asarray(gradcam(soft_nnx, x, 1)), np.asarray(gradcam(model, x, 1)),
+                           atol=1e-3)

@@ -20,6 +20,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
+
 from jaxlrp.errors import ExplanationError
 from jaxlrp.lrp import rules as R
 
@@ -56,7 +58,10 @@ class LayerMap:
 
     ``paths`` maps a module path, or a path prefix ending in ``/``-separated parts,
     to a rule. Every path must match some layer of the model, else
-    :func:`jaxlrp.lrp.lrp` raises an error listing the available paths.
+    :func:`jaxlrp.lrp.lrp` raises an error listing the available paths. It is stored as
+    a tuple of ``(path, rule)`` pairs sorted by path, so that a LayerMap is a value
+    (equal maps hash alike; it is a pytree whose array leaves, e.g. ``ZBox`` bounds, are
+    passed to the compiled explainer rather than keyed on).
     """
 
     conv: Any = None
@@ -67,12 +72,19 @@ class LayerMap:
     gradient: Any = dataclasses.field(default_factory=R.Gradient)
     first: Any = None
     first_kinds: tuple[str, ...] = ("conv", "dense")
-    paths: Mapping[str, Any] | None = None
+    paths: Mapping[str, Any] | tuple[tuple[str, Any], ...] | None = None
+
+    def __post_init__(self):
+        if isinstance(self.paths, Mapping):
+            object.__setattr__(self, "paths", tuple(sorted(self.paths.items(),
+                                                           key=lambda kv: kv[0])))
+        if isinstance(self.first_kinds, list):
+            object.__setattr__(self, "first_kinds", tuple(self.first_kinds))
 
     def __call__(self, ctx: LayerContext) -> Any:
         if self.paths:
             best = None
-            for p, rule in self.paths.items():
+            for p, rule in self.paths:
                 if ctx.path == p or ctx.path.startswith(p.rstrip("/") + "/"):
                     if best is None or len(p) > len(best[0]):
                         best = (p, rule)
@@ -83,7 +95,14 @@ class LayerMap:
         return getattr(self, ctx.kind, None)
 
     def path_keys(self) -> tuple[str, ...]:
-        return tuple(self.paths or ())
+        return tuple(p for p, _ in self.paths or ())
+
+
+jax.tree_util.register_dataclass(
+    LayerMap,
+    data_fields=["conv", "dense", "pool", "sum", "activation", "gradient", "first", "paths"],
+    meta_fields=["first_kinds"],
+)
 
 
 def _is_first(ctx: LayerContext, comp: LayerMap) -> bool:

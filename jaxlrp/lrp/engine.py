@@ -25,19 +25,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxlrp import _cache
 from jaxlrp.errors import ExplanationError
 from jaxlrp.lrp import canonizers as C
 from jaxlrp.lrp import composites as K
 from jaxlrp.lrp import rules as R
 from jaxlrp.lrp.graph import Graph, Lit, Node, evaluate, feature_axis, trace
-from jaxlrp.tracing import (
-    all_concrete,
-    apply_checked,
-    as_adapter,
-    cached_jit,
-    hashable,
-    static_key,
-)
+from jaxlrp.tracing import all_concrete, apply_checked, as_adapter, static_key
 from jaxlrp.validation import check_images, finite_rows, poison, static_targets, valid_targets
 
 
@@ -204,11 +198,20 @@ def lrp(
     adapter = as_adapter(model)
     out = apply_checked(adapter, x)
     t = static_targets(target, x.shape[0], out.shape[-1])
-    impl = functools.partial(_lrp, adapter, comp, canon, init, return_layers)
-    if all_concrete(adapter.params, x, t):
-        key = ("lrp", static_key(adapter), hashable(comp), hashable(canon), init, return_layers)
-        impl = cached_jit(key, lambda: impl)
-    return impl(adapter.params, x, t)
+    if not all_concrete(adapter.params, x, t):
+        return _lrp(adapter, comp, canon, init, return_layers, adapter.params, x, t)
+    # eager: one compile per structure; composite/canonizer arrays are arguments
+    cstat, carrays = _cache.partition(comp)
+    kstat, karrays = _cache.partition(canon)
+    key = ("lrp", static_key(adapter), cstat.key, kstat.key, init, return_layers)
+    return _cache.jit_call(_cache.JIT, key, _lrp_cached,
+                           (adapter, cstat, kstat, init, return_layers),
+                           (adapter.params, carrays, karrays, x, t))
+
+
+def _lrp_cached(adapter, cstat, kstat, init, return_layers, params, carrays, karrays, x, t):
+    comp, canon = cstat.rebuild(carrays), kstat.rebuild(karrays)
+    return _lrp(adapter, comp, canon, init, return_layers, params, x, t)
 
 
 def _lrp(adapter, comp, canon, init, return_layers, params, x, t):

@@ -308,6 +308,10 @@ class ZBox:
         return (r,)
 
 
+# a pytree: array bounds are leaves (arguments of a compiled explainer, not cache keys)
+jax.tree_util.register_dataclass(ZBox, data_fields=["low", "high"], meta_fields=["stabilizer"])
+
+
 @dataclasses.dataclass(frozen=True)
 class WSquare:
     """LRP-w^2: redistribute by squared weights, independent of the input values."""

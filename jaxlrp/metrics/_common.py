@@ -18,6 +18,7 @@ Conventions (mirroring Quantus 0.6.0 unless a docstring says otherwise):
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -345,7 +346,11 @@ class Forward:
     """
 
     def __init__(self, adapter: Adapter):
-        self.adapter = adapter
+        # a copy holding only the parameters' shapes: jax's jit caches hold static
+        # arguments, and a cached handle must not keep a deleted model's arrays alive
+        self.adapter = copy.copy(adapter)
+        self.adapter.params = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), adapter.params)
         if adapter.kind == "nnx":
             self.key = ("nnx", adapter.graphdef)
         else:

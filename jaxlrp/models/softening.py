@@ -10,38 +10,36 @@ a copy of a model whose ReLUs are replaced by the softplus with sharpness ``beta
 
 The reference models call ``nnx.relu`` / ``nn.relu`` / ``jax.nn.relu`` *functionally*
 inside ``__call__``, so there is no submodule to swap. Instead the copy's class is a
-subclass of the original whose ``__call__`` rebinds those module attributes
-(``jax.nn.relu``, ``jax.nn.relu6`` and their re-exports in ``flax.nnx`` and
-``flax.linen``) to the soft versions while Python runs the call, i.e. while JAX traces
-it. Under ``jax.jit`` the patch is active exactly during tracing, which is when it
-matters. Module paths and the parameter layout are unchanged, so layer names,
-LRP composites and checkpoints of the original apply to the softened copy.
+subclass of the original whose ``__call__`` traces the original call to a jaxpr and
+evaluates that jaxpr with every ``jax.nn.relu`` / ``jax.nn.relu6`` equation (a
+``custom_jvp_call`` of jax's ``relu``) replaced by its soft version. Nothing global is
+touched: ``jax.nn``, flax and the original classes stay as they are, for every thread.
+Equations keep their module paths (``name_stack``), hooks of the explainers run on the
+outer values (:func:`jaxlrp.tracing.hook_filter`), and the parameter layout is unchanged,
+so layer names, LRP composites and checkpoints of the original apply to the softened copy.
 
-Limitations: code that bound ``relu`` at import time (``from jax.nn import relu``)
-is not affected; the patch is process-global while a softened model is being traced
-(serialised by a lock, but other threads tracing at the same moment see it too).
+ReLUs are found wherever the model calls jax's ``relu`` (also through
+``from jax.nn import relu``), inside ``jax.jit``-ed helpers too; a ReLU inside a
+``lax.scan``/``cond``/``while`` body or a ``custom_vjp`` function is left as it is.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 from flax import nnx
+from jax.extend import core as jcore
+from jax.extend import source_info_util as siu
 
 from jaxlrp.errors import ExplanationError
-from jaxlrp.tracing import LinenModel
+from jaxlrp.tracing import LinenModel, hook_filter, rescope
 
 __all__ = ["soft_relu", "soft_relu6", "soften", "softened_beta"]
-
-_LOCK = threading.RLock()
-_ORIGINAL_RELU = jax.nn.relu
-_ORIGINAL_RELU6 = jax.nn.relu6
 
 
 def soft_relu(x: jax.Array, beta: float) -> jax.Array:
@@ -54,39 +52,128 @@ def soft_relu6(x: jax.Array, beta: float) -> jax.Array:
     return soft_relu(x, beta) - soft_relu(x - 6.0, beta)
 
 
-def _namespaces() -> list[Any]:
-    """Modules whose ``relu``/``relu6`` attributes model code may look up at call time."""
-    import flax.linen.activation as linen_act
-    import flax.nnx.nn.activations as nnx_act
+_SOFT = {"relu": soft_relu, "relu6": soft_relu6}
+_CALLS = ("pjit", "jit", "closed_call", "core_call")
 
-    mods = [jax.nn, nnx, nn, linen_act, nnx_act]
-    out: list[Any] = []
-    for m in mods:
-        if m not in out:
-            out.append(m)
-    return out
+# An identity marking a submodule output inside the inner trace: the real hook runs on
+# the outer value when the softened jaxpr is evaluated (never lowered or differentiated).
+_HOOK_POINT = jcore.Primitive("jaxlrp_hook_point")
+_HOOK_POINT.multiple_results = True
+_HOOK_POINT.def_abstract_eval(lambda *avals, index: list(avals))
 
 
-@contextlib.contextmanager
-def _softplus_relu(beta: float) -> Iterator[None]:
-    """Rebind ReLU/ReLU6 to their soft versions for the duration of the block."""
-    relu = functools.partial(soft_relu, beta=beta)
-    relu6 = functools.partial(soft_relu6, beta=beta)
-    with _LOCK:
-        saved: list[tuple[Any, str, Any]] = []
-        for mod in _namespaces():
-            for name, fn, orig in (("relu", relu, _ORIGINAL_RELU),
-                                   ("relu6", relu6, _ORIGINAL_RELU6)):
-                cur = getattr(mod, name, None)
-                # Patch only names that refer to the jax function (or an active patch).
-                if cur is orig or getattr(cur, "func", None) in (soft_relu, soft_relu6):
-                    saved.append((mod, name, cur))
-                    setattr(mod, name, fn)
-        try:
-            yield
-        finally:
-            for mod, name, cur in reversed(saved):
-                setattr(mod, name, cur)
+def _relu_kind(eqn: Any) -> str | None:
+    """``"relu"``/``"relu6"`` for a ``custom_jvp_call`` of jax's ReLU, else None."""
+    if eqn.primitive.name != "custom_jvp_call":
+        return None
+    inner = eqn.params["call_jaxpr"].jaxpr.eqns
+    if len(inner) == 1 and inner[0].primitive.name in _CALLS:
+        name = inner[0].params.get("name")
+        if name in _SOFT:
+            return name
+    return None
+
+
+def _sub_jaxpr(eqn: Any) -> Any:
+    if eqn.primitive.name in _CALLS:
+        sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+        if isinstance(sub, jcore.ClosedJaxpr):
+            return sub
+        if isinstance(sub, jcore.Jaxpr):
+            return jcore.ClosedJaxpr(sub, ())
+    return None
+
+
+def _needs_rewrite(jaxpr: Any) -> bool:
+    for e in jaxpr.eqns:
+        if e.primitive is _HOOK_POINT or _relu_kind(e) is not None:
+            return True
+        sub = _sub_jaxpr(e)
+        if sub is not None and _needs_rewrite(sub.jaxpr):
+            return True
+    return False
+
+
+def _evaluate(jaxpr: Any, consts: Any, args: Any, beta: float, table: list) -> list:
+    """Evaluate ``jaxpr`` in the caller's trace with soft ReLUs and the deferred hooks.
+
+    Every equation is bound under its own source info and ``name_stack`` (appended to
+    the current one), as ``jax.core.eval_jaxpr`` does.
+    """
+    env: dict[Any, Any] = {}
+
+    def read(v: Any) -> Any:
+        return v.val if isinstance(v, jcore.Literal) else env[v]
+
+    env.update(zip(jaxpr.constvars, consts, strict=True))
+    env.update(zip(jaxpr.invars, args, strict=True))
+    for e in jaxpr.eqns:
+        ins = [read(v) for v in e.invars]
+        stack = siu.current_name_stack() + e.source_info.name_stack
+        with siu.user_context(e.source_info.traceback, name_stack=stack), e.ctx.manager:
+            kind = _relu_kind(e)
+            sub = _sub_jaxpr(e)
+            if e.primitive is _HOOK_POINT:
+                outs = _run_hook(table[e.params["index"]], ins)
+            elif kind is not None:
+                outs = [_SOFT[kind](ins[e.params["num_consts"]], beta)]
+            elif sub is not None and _needs_rewrite(sub.jaxpr):
+                outs = _evaluate(sub.jaxpr, sub.consts, ins, beta, table)
+            else:
+                outs = e.primitive.bind(*ins, **e.primitive.get_bind_params(e.params))
+                if not e.primitive.multiple_results:
+                    outs = [outs]
+        env.update(zip(e.outvars, outs, strict=True))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _is_value(leaf: Any) -> bool:
+    return isinstance(leaf, (jax.Array, np.ndarray))
+
+
+def _defer(table: list, hook: Callable | None) -> Callable | None:
+    """The hook used inside the inner trace: mark the output, remember the real hook."""
+    if hook is None:
+        return None
+
+    def deferred(path: str, module: Any, out: Any) -> Any:
+        leaves, treedef = jax.tree_util.tree_flatten(out)
+        mask = [_is_value(v) for v in leaves]
+        table.append((hook, path, module, treedef, leaves, mask))
+        marked = iter(_HOOK_POINT.bind(*[v for v, m in zip(leaves, mask, strict=True) if m],
+                                       index=len(table) - 1))
+        full = [next(marked) if m else v for v, m in zip(leaves, mask, strict=True)]
+        return jax.tree_util.tree_unflatten(treedef, full)
+
+    return deferred
+
+
+def _run_hook(entry: tuple, ins: list) -> list:
+    hook, path, module, treedef, leaves, mask = entry
+    it = iter(ins)
+    out = jax.tree_util.tree_unflatten(
+        treedef, [next(it) if m else v for v, m in zip(leaves, mask, strict=True)])
+    new = jax.tree_util.tree_leaves(hook(path, module, out))
+    return [v for v, m in zip(new, mask, strict=True) if m]
+
+
+def _soft_apply(fn: Callable, beta: float, args: tuple, kwargs: dict) -> Any:
+    """``fn(*args, **kwargs)`` with soft ReLUs: trace it, then evaluate the jaxpr."""
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+    mask = [_is_value(v) for v in leaves]
+    arrays = [v for v, m in zip(leaves, mask, strict=True) if m]
+
+    def inner(*xs: Any) -> Any:
+        it = iter(xs)
+        a, k = jax.tree_util.tree_unflatten(
+            treedef, [next(it) if m else v for v, m in zip(leaves, mask, strict=True)])
+        return fn(*a, **k)
+
+    table: list = []
+    with hook_filter(functools.partial(_defer, table)):
+        closed, shape = jax.make_jaxpr(inner, return_shape=True)(*arrays)
+    outs = _evaluate(closed.jaxpr, closed.consts, arrays, beta, table)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), outs)
 
 
 def _check_beta(beta: Any) -> float:
@@ -99,14 +186,34 @@ def _check_beta(beta: Any) -> float:
     return b
 
 
+def _soft_apply_nnx(module: nnx.Module, call: Callable, beta: float, args: tuple,
+                    kwargs: dict) -> Any:
+    """:func:`_soft_apply` for an NNX module: its state goes through the jaxpr, so that
+    updates made by the call (BatchNorm statistics in training mode) are applied."""
+    graphdef, state = nnx.split(module)
+
+    def fn(st: Any, *a: Any, **k: Any) -> Any:
+        m = nnx.merge(graphdef, st)
+        with rescope(m):
+            out = call(m, *a, **k)
+        return out, nnx.state(m)
+
+    out, new_state = _soft_apply(fn, beta, (state, *args), kwargs)
+    old, new = jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(new_state)
+    if any(a is not b for a, b in zip(old, new, strict=True)):  # the call updated state
+        nnx.update(module, new_state)
+    return out
+
+
 @functools.cache
 def _soft_class(cls: type, beta: float) -> type:
     """A subclass of ``cls`` whose ``__call__`` runs the original with soft ReLUs."""
     orig_call: Callable = cls.__call__
 
     def __call__(self, *args, **kwargs):
-        with _softplus_relu(beta):
-            return orig_call(self, *args, **kwargs)
+        if isinstance(self, nnx.Module):
+            return _soft_apply_nnx(self, orig_call, beta, args, kwargs)
+        return _soft_apply(functools.partial(orig_call, self), beta, args, kwargs)
 
     name = f"Softened{cls.__name__}"
     attrs = {
@@ -120,7 +227,7 @@ def _soft_class(cls: type, beta: float) -> type:
 
 
 def _base(cls: type) -> type:
-    return cls.__dict__.get("_jaxlrp_soften_base", cls)
+    return getattr(cls, "_jaxlrp_soften_base", cls)
 
 
 def softened_beta(model: Any) -> float | None:
@@ -128,7 +235,7 @@ def softened_beta(model: Any) -> float | None:
     module = model.module if isinstance(model, LinenModel) else model
     if isinstance(model, tuple) and len(model) == 2:
         module = model[0]
-    return type(module).__dict__.get("_jaxlrp_soften_beta")
+    return getattr(type(module), "_jaxlrp_soften_beta", None)
 
 
 def soften(model: Any, beta: float = 10.0) -> Any:
