@@ -28,7 +28,7 @@ LAYERS: dict[str, int] = {
     # 2 methods, architectures, data
     "jaxlrp.cam": 2,
     "jaxlrp.lrp": 2,
-    "jaxlrp.models": 2,  # the package's lazy __init__
+    "jaxlrp.models": 4,  # the package's __init__: a lazy facade over models/, default too
     "jaxlrp.models.vgg": 2,
     "jaxlrp.models.resnet": 2,
     "jaxlrp.models.efficientnet": 2,
@@ -121,6 +121,27 @@ def _imports(module: str) -> list[tuple[str, bool]]:
             for a in node.names:
                 sub = f"{base}.{a.name}"
                 out.append((sub if sub in MODULES else base, eager))
+    out += [(name, False) for name in _lazy_table(module, tree, is_pkg)]
+    return out
+
+
+def _lazy_table(module: str, tree: ast.Module, is_pkg: bool) -> list[str]:
+    """Modules named by a module-level ``_LAZY`` dict (attributes imported on first use):
+    ``name -> "submodule"`` (relative to the package) or ``name -> ("module", attr)``."""
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "_LAZY" for t in targets):
+                table = ast.literal_eval(node.value)
+                break
+    else:
+        return []
+    out = []
+    for value in table.values():
+        name = value[0] if isinstance(value, tuple) else value
+        if "." not in name and is_pkg:
+            name = f"{module}.{name}"
+        out.append(name)
     return out
 
 
@@ -200,6 +221,7 @@ def test_core_does_not_import_torch_matplotlib_or_tfds():
     ("def f():\n    from jaxlrp import viz\n", ("jaxlrp.viz", False)),
     ("from jaxlrp.lrp import rules\n", ("jaxlrp.lrp.rules", True)),
     ("try:\n    import torch\nexcept ImportError:\n    pass\n", ("torch", True)),
+    ("_LAZY = {'evaluate': ('jaxlrp.evaluation', 'evaluate')}\n", ("jaxlrp.evaluation", False)),
 ])
 def test_the_import_reader_itself(source, expected, tmp_path, monkeypatch):
     """The checks above are only as good as the reader: resolve a few known forms."""
