@@ -187,8 +187,6 @@ def file_token(method: str) -> str:
     return method.replace("++", "_pp")
 
 
-
-
 def save_npy(path: Path, array: Any) -> None:
     """Write ``array`` as .npy atomically."""
     import numpy as np

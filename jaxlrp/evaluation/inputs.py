@@ -13,7 +13,6 @@ from jaxlrp.errors import ExplanationError
 
 _NAMED: dict[str, Any] = {}  # explainers resolved by name, reused across evaluate calls
 
-
 Explainer = Callable[[Any, jax.Array, Any], jax.Array]
 
 

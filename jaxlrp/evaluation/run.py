@@ -45,7 +45,6 @@ DEFAULT_EXPLAINERS = ("gradcam", "gradcam++", "lrp", "hybrid")
 _JITTED: dict[Any, Any] = {}  # jitted explainers, reused across evaluate calls
 
 
-
 def _jitted(fn: Explainer, model: Any) -> Explainer:
     """Jit an explainer when the model is a pytree (NNX module or LinenModel)."""
     if not isinstance(model, (nnx.Module, LinenModel)):
