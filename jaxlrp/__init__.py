@@ -34,6 +34,7 @@ _LAZY = {
     "evaluate": ("jaxlrp.evaluation", "evaluate"),
     "Results": ("jaxlrp.evaluation", "Results"),
     "explain_dataset": ("jaxlrp.distributed", "explain_dataset"),
+    "explain_panels": ("jaxlrp.panels", "explain_panels"),
     "models": ("jaxlrp.models", None),
     "data": ("jaxlrp.data", None),
     "photos": ("jaxlrp.photos", None),

@@ -2,8 +2,9 @@
 
 * :func:`confound` / :func:`marker_mask`: a confounded copy of a dataset, with a small
   class-coloured marker patch in a corner (Ross et al. 2017 style "decoy" data);
-* :func:`train_classifier`: a jitted optax loop with an optional
-  :func:`jaxlrp.penalty.explanation_penalty` term ("right for the right reasons");
+* :func:`train_classifier`: :func:`jaxlrp.training.train` with an optional
+  :func:`jaxlrp.penalty.explanation_penalty` term as its ``extra_loss`` ("right for the
+  right reasons");
 * :func:`mass_in_mask`: the share of a map's absolute mass inside a mask;
 * :func:`manipulate`: a bounded input perturbation that keeps the output but moves an
   explanation towards a target map (Dombrowski et al. 2019), for softened models.
@@ -13,7 +14,6 @@ Notebooks call these so that they stay short; the test suite runs the notebooks.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +26,7 @@ from flax import nnx
 from jaxlrp.data import Dataset
 from jaxlrp.errors import ExplanationError
 from jaxlrp.penalty import explanation_penalty
-from jaxlrp.training import make_optimizer
+from jaxlrp.training import train
 from jaxlrp.validation import check_positive_int
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "manipulate",
     "marker_mask",
     "mass_in_mask",
-    "quick_mode",
     "train_classifier",
 ]
 
@@ -44,11 +43,6 @@ MARKER_COLORS = np.array(
     [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1], [0, 0, 0]],
     dtype=np.float32,
 )
-
-
-def quick_mode() -> bool:
-    """True when ``JAXLRP_NOTEBOOK_QUICK`` is set to a non-empty value other than ``0``."""
-    return os.environ.get("JAXLRP_NOTEBOOK_QUICK", "") not in ("", "0")
 
 
 def marker_mask(image_size: int | tuple[int, int], size: int = 8, margin: int = 0) -> np.ndarray:
@@ -124,22 +118,22 @@ def train_classifier(
       model: an NNX classifier without BatchNorm (trained in place, returned in eval mode).
       data: images (N, H, W, C) and labels (N,).
       epochs, batch_size, lr, seed: AdamW with warm-up + cosine decay
-        (:func:`jaxlrp.training.make_optimizer`), a fresh random order per epoch.
+        (:func:`jaxlrp.training.make_optimizer`), a fresh random order per epoch (the
+        one loop, :func:`jaxlrp.training.train`).
       explain, mask, weight: when ``explain`` is given, add
         ``weight * explanation_penalty(explain, model, x, t, mask)`` (mask (H, W)).
       penalty_target: the class ``t`` explained in the penalty: ``"label"`` (the true
         class) or ``"random"`` (a uniformly drawn class per example and step, an unbiased
         estimate of the penalty summed over all classes: a shortcut can also act by
         *suppressing* the other classes' logits, which the true class's map misses).
-      progress: print one line per epoch.
+      progress: show a progress bar.
     Returns:
       ``(model, history)`` with per-epoch ``loss``, ``penalty`` (mean over batches).
     """
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
-    images, labels = np.asarray(data.images), np.asarray(data.labels)
-    steps = len(labels) // batch_size
-    if steps == 0:
+    labels = np.asarray(data.labels)
+    if len(labels) // batch_size == 0:
         raise ExplanationError(f"batch_size: {batch_size} exceeds the dataset ({len(labels)})")
     if explain is not None and mask is None:
         raise ExplanationError("mask: required when explain is given")
@@ -148,48 +142,19 @@ def train_classifier(
             f"penalty_target: expected 'label' or 'random', got {penalty_target!r}"
         )
     num_classes = int(labels.max()) + 1
-    tx = make_optimizer(lr, epochs * steps)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    opt_state = tx.init(params)
-    mask_arr = None if mask is None else jnp.asarray(mask, jnp.float32)
+    extra = None
+    if explain is not None:
+        mask_arr = jnp.asarray(mask, jnp.float32)
 
-    def loss_fn(p, x, y, t):
-        m = nnx.merge(graphdef, p, rest, copy=True)
-        ce = optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
-        if explain is None:
-            return ce, jnp.zeros(())
-        pen = explanation_penalty(explain, m, x, t, mask_arr)
-        return ce + weight * pen, pen
+        def extra(m: nnx.Module, x: jax.Array, y: jax.Array, key: jax.Array) -> tuple:
+            t = y if penalty_target == "label" else jax.random.randint(
+                key, y.shape, 0, num_classes, jnp.int32)
+            pen = explanation_penalty(explain, m, x, t, mask_arr)
+            return weight * pen, {"penalty": pen}
 
-    @jax.jit
-    def step(p, o, x, y, t):
-        (loss, pen), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, x, y, t)
-        updates, o = tx.update(grads, o, p)
-        return optax.apply_updates(p, updates), o, loss, pen
-
-    rng = np.random.default_rng(seed)
-    history: dict[str, list] = {"loss": [], "penalty": []}
-    for epoch in range(epochs):
-        order = rng.permutation(len(labels))
-        losses, pens = [], []
-        for b in range(steps):
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            y = labels[idx]
-            t = y if penalty_target == "label" else rng.integers(0, num_classes, len(idx))
-            params, opt_state, loss, pen = step(
-                params, opt_state, jnp.asarray(images[idx]), jnp.asarray(y),
-                jnp.asarray(t, jnp.int32),
-            )
-            losses.append(loss)
-            pens.append(pen)
-        history["loss"].append(float(jnp.mean(jnp.stack(losses))))
-        history["penalty"].append(float(jnp.mean(jnp.stack(pens))))
-        if progress:
-            print(f"epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.4f} "
-                  f"penalty {history['penalty'][-1]:.4g}")
-    nnx.update(model, params, rest)
-    model.eval()
-    return model, history
+    model, hist = train(model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                        progress=progress, extra_loss=extra)
+    return model, {"loss": hist["loss"], "penalty": hist.get("penalty", [0.0] * epochs)}
 
 
 def manipulate(

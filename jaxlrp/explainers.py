@@ -12,11 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from jaxlrp import cam as _cam
 from jaxlrp.errors import ExplanationError
 from jaxlrp.hybrid import hybrid, reduce_channels
+from jaxlrp.image import max_abs_normalize
 from jaxlrp.lrp.engine import lrp as _lrp
 
 Explainer = Callable[[Any, jax.Array, Any], jax.Array]
@@ -38,10 +38,7 @@ def lrp_map(
     reduce: str = "mean", **kwargs: Any,
 ) -> jax.Array:
     """LRP reduced over channels and divided by the per-image max |R|: (B, H, W) in [-1, 1]."""
-    r = reduce_channels(_lrp(model, x, target, composite, **kwargs), reduce)
-    scale = jnp.max(jnp.abs(r), axis=(1, 2), keepdims=True)
-    ok = scale > jnp.finfo(scale.dtype).tiny  # subnormal scales flush to 0: 0/0 = NaN
-    return jnp.where(ok, r / jnp.where(ok, scale, 1.0), r)
+    return max_abs_normalize(reduce_channels(_lrp(model, x, target, composite, **kwargs), reduce))
 
 
 def get(name: str, **options: Any) -> Explainer:

@@ -130,6 +130,21 @@ def max_normalize(maps: jax.Array) -> jax.Array:
     return jnp.where(ok, maps / safe, maps)
 
 
+def max_abs_normalize(maps: jax.Array) -> jax.Array:
+    """Per-example ``m / max(|m|)`` over all axes but the first: signed maps in [-1, 1].
+
+    Args:
+      maps: (B, ...) array.
+    Returns:
+      (B, ...); an example whose max ``|m|`` is zero or subnormal (subnormals flush to 0
+      on CPU/GPU: 0/0) is returned unchanged (no NaN).
+    """
+    axes = _reduce_axes(maps)
+    scale = jnp.max(jnp.abs(maps), axis=axes, keepdims=True)
+    ok = scale > _tiny(scale.dtype)
+    return jnp.where(ok, maps / jnp.where(ok, scale, jnp.ones_like(scale)), maps)
+
+
 # OpenCV's getGaussianKernel tables for sigma <= 0 and small odd sizes (OpenCV 5.0).
 _CV_SMALL_KERNELS = {
     1: (1.0,),

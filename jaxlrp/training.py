@@ -23,6 +23,11 @@ from jaxlrp.tracing import as_adapter
 from jaxlrp.validation import check_positive_int
 
 Augment = Callable[[np.random.Generator, np.ndarray], np.ndarray]
+ExtraLoss = Callable[[nnx.Module, jax.Array, jax.Array, jax.Array], Any]
+"""``extra_loss(model, x, y, key) -> term`` or ``(term, {name: scalar})``: a scalar added to
+the cross-entropy inside the jitted step (``model`` is the model being trained, ``x``
+(B, H, W, C), ``y`` (B,) labels, ``key`` a fresh ``jax.random`` key per step); the named
+scalars are logged per epoch (their mean over the epoch's steps) in the history."""
 
 
 def make_optimizer(lr: float, total_steps: int, *, weight_decay: float = 1e-4,
@@ -50,8 +55,9 @@ def train(
     progress: bool = True,
     optimizer: optax.GradientTransformation | None = None,
     on_epoch: Callable[[int, nnx.Module, dict], None] | None = None,
+    extra_loss: ExtraLoss | None = None,
 ) -> tuple[nnx.Module, dict]:
-    """Train ``model`` in place with softmax cross-entropy.
+    """Train ``model`` in place with softmax cross-entropy (plus an optional extra term).
 
     Args:
       model: an NNX classifier, images (B, H, W, C) -> logits (B, K).
@@ -66,10 +72,14 @@ def train(
       optimizer: an optax transformation replacing the default.
       on_epoch: optional ``on_epoch(epoch, model, history)`` called after each epoch with
         an eval-mode copy of the model (e.g. to save a checkpoint as training goes).
+      extra_loss: optional :data:`ExtraLoss` added to the cross-entropy, e.g. an
+        explanation penalty ("right for the right reasons", ``notebooks/03``). Its keys
+        are drawn from ``seed``: ``fold_in(key(seed), step)``.
     Returns:
       ``(model, history)``: the same model (eval mode) and a dict of per-epoch lists
-      ``loss``, ``accuracy`` (training batches), ``eval_accuracy`` (if requested) and
-      ``seconds`` (total training wall time).
+      ``loss`` (the full objective), ``accuracy`` (training batches), ``eval_accuracy``
+      (if requested), one list per scalar logged by ``extra_loss``, and ``seconds``
+      (total training wall time).
     """
     if not isinstance(model, nnx.Module):
         raise ExplanationError(f"model: expected a flax.nnx.Module, got {type(model).__name__}")
@@ -88,21 +98,26 @@ def train(
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     opt_state = tx.init(params)
 
-    def loss_fn(params, rest, x, y):
+    def loss_fn(params, rest, x, y, key):
         m = nnx.merge(graphdef, params, rest, copy=True)
         logits = m(x)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return loss, (logits, nnx.state(m, nnx.Not(nnx.Param)))
+        logs: dict = {}
+        if extra_loss is not None:
+            out = extra_loss(m, x, y, key)
+            term, logs = out if isinstance(out, tuple) else (out, {})
+            loss = loss + term
+        return loss, (logits, nnx.state(m, nnx.Not(nnx.Param)), logs)
 
     @jax.jit
-    def step(params, rest, opt_state, x, y):
-        (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, rest, x, y
+    def step(params, rest, opt_state, x, y, key):
+        (loss, (logits, rest, logs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, rest, x, y, key
         )
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         correct = jnp.sum(jnp.argmax(logits, -1) == y)
-        return params, rest, opt_state, loss, correct
+        return params, rest, opt_state, loss, correct, logs
 
     @jax.jit
     def eval_logits(params, rest, x):
@@ -114,22 +129,25 @@ def train(
     if eval_dataset is not None:
         history["eval_accuracy"] = []
     rng = np.random.default_rng(seed)
+    root = jax.random.key(seed)
     bar = _progress(epochs * steps_per_epoch, progress)
     start = time.perf_counter()
     try:
         for _epoch in range(epochs):
             order = rng.permutation(n)
             tot_loss, tot_correct = 0.0, 0
-            losses = []
+            losses, logged = [], []
             for b in range(steps_per_epoch):
                 idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
                 x = images[idx]
                 if augment is not None:
                     x = augment(rng, x)
-                params, rest, opt_state, loss, correct = step(
-                    params, rest, opt_state, jnp.asarray(x), jnp.asarray(labels[idx])
+                key = jax.random.fold_in(root, _epoch * steps_per_epoch + b)
+                params, rest, opt_state, loss, correct, logs = step(
+                    params, rest, opt_state, jnp.asarray(x), jnp.asarray(labels[idx]), key
                 )
                 losses.append(loss)
+                logged.append(logs)
                 tot_correct += correct
                 if bar is not None:
                     bar.update(1)
@@ -138,6 +156,9 @@ def train(
             tot_loss = float(jnp.mean(jnp.stack(losses)))
             history["loss"].append(tot_loss)
             history["accuracy"].append(float(tot_correct) / (steps_per_epoch * batch_size))
+            for name in logged[0]:
+                history.setdefault(name, []).append(
+                    float(jnp.mean(jnp.stack([lg[name] for lg in logged]))))
             if eval_dataset is not None:
                 ex, ey = _arrays(eval_dataset, "eval_dataset")
                 logits = _batched(functools.partial(eval_logits, params, rest), ex, 256)

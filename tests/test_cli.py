@@ -66,6 +66,14 @@ def test_explain_writes_maps_and_reports_bad_files(workdir: Path):
             assert (out / f"img{i}_{suffix}").is_file()
     assert not list(out.glob("notes*")) and not list(out.glob("broken*"))
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
+    # one stdout line per explained image: file, predicted label, probability, outputs
+    lines = [ln for ln in r.stdout.splitlines() if " -> " in ln]
+    assert [ln.split(":")[0] for ln in lines] == [str(images / f"img{i}.png") for i in range(3)]
+    for i, ln in enumerate(lines):
+        assert "(class " in ln and ", p=" in ln
+        written = ln.split(" -> ")[1].split(", ")
+        assert written == [str(out / f"img{i}_{s}") for s in ("hybrid.npy", "hybrid.png",
+                                                               "compare.png")]
     with Image.open(out / "img0_hybrid.png") as im:
         assert im.size == (480, 400)
     with Image.open(out / "img0_compare.png") as im:
@@ -94,6 +102,52 @@ def test_explain_writes_maps_and_reports_bad_files(workdir: Path):
     assert "1 explained, 2 already done, 2 failed" in r.stdout
     assert (out / "img0_hybrid.npy").is_file()
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("img[12]_*")} == stamps
+
+
+def test_explain_json_lines(workdir: Path, capsys):
+    out = workdir / "json"
+    code = cli.main(["explain", str(workdir / "images" / "img0.png"),
+                     str(workdir / "images" / "img1.png"), "--method", "gradcam", "--model",
+                     str(workdir / "vgg.msgpack"), "--out", str(out), "--json",
+                     "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0
+    rows = [json.loads(line) for line in captured.out.splitlines()]  # only JSON on stdout
+    assert [Path(r["file"]).name for r in rows] == ["img0.png", "img1.png"]
+    model = checkpoint.load(workdir / "vgg.msgpack")
+    x = np.stack([np.asarray(Image.open(workdir / "images" / f"img{i}.png"), np.float32)
+                  / 255.0 for i in range(2)])
+    logits = np.asarray(model(x), np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    for i, r in enumerate(rows):
+        assert r["class"] == int(probs[i].argmax())
+        assert r["label"] == embedded("test", n=1).class_names[r["class"]]
+        assert r["probability"] == pytest.approx(probs[i].max(), abs=1e-4)
+        assert r["outputs"] == [str(out / f"img{i}_gradcam.npy"),
+                                str(out / f"img{i}_gradcam.png")]
+        assert all(Path(f).is_file() for f in r["outputs"])
+    assert "2 explained" in captured.err  # the summary goes to stderr with --json
+
+
+def test_default_composite_is_the_models_registry_entry(workdir: Path):
+    from jaxlrp.cli.loading import load_model
+    from jaxlrp.models.registry import CHECKPOINT_COMPOSITE, SHIPPED, entry
+
+    assert entry("efficientnet-lite0").composite == "epsilon_plus_flat"
+    assert entry("efficientnet_lite0") is SHIPPED["efficientnet-lite0"]
+    assert entry("default").composite == "paper"
+    assert load_model(str(workdir / "vgg.msgpack")).composite == CHECKPOINT_COMPOSITE
+    args = cli.build_parser().parse_args(["explain", "a.png"])  # hybrid, compare on
+    plan = cli.make_plan(args).with_default_composite("epsilon_plus_flat")
+    assert plan.options["composite"] == plan.hybrid_options["composite"] == (
+        "epsilon_plus_flat")
+    args = cli.build_parser().parse_args(["explain", "a.png", "--composite", "epsilon"])
+    plan = cli.make_plan(args).with_default_composite("epsilon_plus_flat")
+    assert plan.options["composite"] == plan.hybrid_options["composite"] == "epsilon"
+    args = cli.build_parser().parse_args(["explain", "a.png", "--method", "gradcam"])
+    plan = cli.make_plan(args).with_default_composite("epsilon_plus_flat")
+    assert plan.options == {}  # no LRP in a Grad-CAM map
 
 
 def test_explain_all_done_needs_no_model(workdir: Path, capsys):
@@ -219,6 +273,8 @@ def test_demo_quick(tmp_path: Path):
     r = run_cli("demo", "--quick", "--out", str(tmp_path / "demo"), cwd=tmp_path)
     assert "Traceback" not in r.stderr
     assert "chelsea: predicted 'Egyptian cat'" in r.stdout
+    # the demo explains each model with its registry composite, as explain does
+    assert "bundled photos (LRP composite epsilon_plus_flat)" in r.stdout
     photos = sorted(p.name for p in (tmp_path / "demo" / "photos").glob("*.png"))
     assert photos == ["chelsea_compare.png", "coffee_compare.png"]
     assert (tmp_path / "demo" / "photos_grid.png").is_file()

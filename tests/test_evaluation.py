@@ -270,7 +270,7 @@ def test_cli_on_a_checkpoint(tmp_path, capsys):
     import argparse
 
     from jaxlrp import checkpoint
-    from jaxlrp.evaluation import add_cli_arguments, run_cli
+    from jaxlrp.cli.evaluate import add_cli_arguments, run_cli
 
     path = tmp_path / "vgg.msgpack"
     checkpoint.save(path, VGG(widths=(4, 8), dense=(8,), rngs=nnx.Rngs(1)))

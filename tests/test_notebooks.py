@@ -39,6 +39,7 @@ def test_four_notebooks_exist():
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), path.name
 
 
+@pytest.mark.slow  # ~110 s each on a quiet 2-core machine: `pytest -m slow` (.ci/run) runs them
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, monkeypatch):
     monkeypatch.setenv("JAXLRP_NOTEBOOK_QUICK", "1")

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -92,3 +94,32 @@ def test_bad_arguments():
         train("vgg", data, epochs=1, progress=False)
     with pytest.raises(ExplanationError, match="labels must be integers"):
         evaluate_accuracy(model, Tiny(data.images, data.labels.astype(np.float32)))
+
+
+def test_extra_loss_hook_adds_a_term_and_logs_it():
+    data = _tiny(32)
+
+    def fresh():
+        return VGG(num_classes=2, widths=(4,), dense=(), input_size=8, rngs=nnx.Rngs(1))
+
+    base, h0 = train(fresh(), data, epochs=2, batch_size=8, seed=3, progress=False)
+
+    def constant(m, x, y, key):  # a constant term: same gradients, loss + 5
+        return jnp.float32(5.0), {"five": jnp.float32(5.0), "u": jax.random.uniform(key)}
+
+    same, h1 = train(fresh(), data, epochs=2, batch_size=8, seed=3, progress=False,
+                     extra_loss=constant)
+    np.testing.assert_allclose(h1["loss"], np.asarray(h0["loss"]) + 5.0, rtol=1e-6)
+    assert h1["five"] == [5.0, 5.0]
+    assert 0.0 < h1["u"][0] < 1.0 and h1["u"][0] != h1["u"][1]  # a fresh key per step
+    np.testing.assert_allclose(np.asarray(same.head.kernel[...]),
+                               np.asarray(base.head.kernel[...]), rtol=1e-6, atol=1e-7)
+
+    def push_class_1(m, x, y, key):  # a term with a gradient: logit 1 up, logit 0 down
+        out = m(x)
+        return 10.0 * jnp.mean(out[:, 0] - out[:, 1])
+
+    pushed, _ = train(fresh(), data, epochs=2, batch_size=8, seed=3, progress=False,
+                      extra_loss=push_class_1)
+    assert (np.argmax(predict(pushed, data.images), -1) == 1).mean() > (
+        np.argmax(predict(base, data.images), -1) == 1).mean()

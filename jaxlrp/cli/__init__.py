@@ -1,0 +1,70 @@
+"""The ``jaxlrp`` command line: ``info``, ``train``, ``explain``, ``demo`` and ``evaluate``.
+
+Run ``jaxlrp --help`` or ``jaxlrp <command> --help``. Exit codes:
+
+* 0 -- everything succeeded;
+* 1 -- the command ran but some inputs failed (``explain``: unreadable or non-image
+  files, listed on stderr and in ``<out>/errors.json``; the other files are written);
+* 2 -- usage error: a bad option value, an unknown model or method name, a missing
+  checkpoint. A one-line message names the option and what was expected.
+
+One module per command (:mod:`.explain`, :mod:`.demo`, :mod:`.evaluate`, :mod:`.train`,
+:mod:`.info`), each with ``add_parser(sub)`` and its ``cmd_*`` function; shared parsing
+and messages in :mod:`.common`; the one ``load_model`` in :mod:`.loading`. Matplotlib,
+the models and the data are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from jaxlrp.cli import demo, evaluate, explain, info, train
+from jaxlrp.cli.common import PROG, _fail, _Formatter, _Parser
+from jaxlrp.cli.explain import Plan, file_token, make_plan, make_runner, unique_stems
+from jaxlrp.cli.loading import LoadedModel, load_model
+from jaxlrp.errors import ExplanationError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``jaxlrp`` parser tree: one subcommand per module of this package."""
+    parser = _Parser(
+        prog=PROG,
+        description="Explain image classifiers with Grad-CAM, LRP and their hybrid "
+                    "(arXiv 2405.12175), and score the explanations.",
+        epilog="Exit codes: 0 success; 1 some inputs failed (reported, the rest written); "
+               "2 usage error. Start with 'jaxlrp demo'.",
+        formatter_class=_Formatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for command in (info, train, explain, demo, evaluate):
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2)
+        return int(e.code or 0)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args))
+    except ExplanationError as e:
+        _fail(args.command, str(e))
+        return 2
+    except OSError as e:  # an unwritable --out, a full disk: no traceback, exit 1
+        _fail(args.command, f"{type(e).__name__}: {e}")
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["LoadedModel", "Plan", "build_parser", "file_token", "load_model", "main",
+           "make_plan", "make_runner", "unique_stems"]
