@@ -37,6 +37,7 @@ from jaxlrp.metrics._common import (
     prepare_maps,
     preprocess,
 )
+from jaxlrp.metrics.base import metric
 from jaxlrp.validation import check_range
 
 Explainer = Callable[[Any, jax.Array, jax.Array], jax.Array]
@@ -156,6 +157,7 @@ def _chunked_pairs(f, xs, ys, n):
     return out.reshape((m * n,) + out.shape[2:])[:total]
 
 
+@metric("AvgSensitivity", category="Robustness", higher_is_better=False)
 def avg_sensitivity(
     model: Any, x: Any, y: Any, a: Any, explain: Explainer, key: Any = None, *,
     nr_samples: int = 10, lower_bound: float = 0.2, upper_bound: float | None = None,
@@ -186,6 +188,7 @@ def avg_sensitivity(
                         kind="sensitivity", reduce="mean")
 
 
+@metric("MaxSensitivity", category="Robustness", higher_is_better=False)
 def max_sensitivity(
     model: Any, x: Any, y: Any, a: Any, explain: Explainer, key: Any = None, *,
     nr_samples: int = 10, lower_bound: float = 0.2, upper_bound: float | None = None,
@@ -205,6 +208,7 @@ def max_sensitivity(
                         kind="sensitivity", reduce="max")
 
 
+@metric("LocalLipschitzEstimate", category="Robustness", higher_is_better=False)
 def local_lipschitz_estimate(
     model: Any, x: Any, y: Any, a: Any, explain: Explainer, key: Any = None, *,
     nr_samples: int = 10, perturb_std: float = 0.1, normalise: bool = True,
