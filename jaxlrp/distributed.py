@@ -52,11 +52,11 @@ from jax.sharding import PartitionSpec as P
 
 from jaxlrp.errors import ExplanationError
 from jaxlrp.tracing import LinenModel, apply_checked, as_adapter, hashable, static_key
+from jaxlrp.typing import Explainer
 from jaxlrp.validation import check_positive_int
 
 __all__ = ["batch_mesh", "explain_dataset"]
 
-Explainer = Callable[[Any, jax.Array, Any], jax.Array]
 
 
 def batch_mesh(devices: Any = None) -> Mesh:

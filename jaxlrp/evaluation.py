@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from flax import nnx
 from jaxlrp.atomic import atomic_write
 from jaxlrp.errors import ExplanationError
 from jaxlrp.tracing import LinenModel, apply_checked, as_adapter
+from jaxlrp.typing import Explainer
 
 DEFAULT_EXPLAINERS = ("gradcam", "gradcam++", "lrp", "hybrid")
 _BATCH_DIR = "batches"
@@ -38,7 +39,6 @@ _MANIFEST = "run.json"
 _NAMED: dict[str, Any] = {}  # explainers resolved by name, reused across evaluate calls
 _JITTED: dict[Any, Any] = {}  # jitted explainers, reused across evaluate calls
 
-Explainer = Callable[[Any, jax.Array, Any], jax.Array]
 
 
 # ----------------------------------------------------------------------------- results
@@ -346,20 +346,16 @@ def _resolve_explainers(explainers: Any) -> dict[str, Explainer]:
 
 
 def _resolve_metrics(metrics: Any) -> tuple:
-    from jaxlrp.metrics import Metric, default_suite
+    from jaxlrp.metrics import METRICS, Metric, default_suite
 
     if metrics is None:
         return tuple(default_suite())
-    suite = {m.name: m for m in default_suite()}
     if isinstance(metrics, (str, Metric)):
         metrics = [metrics]
     out = []
     for m in metrics:
         if isinstance(m, str):
-            if m not in suite:
-                raise ExplanationError(f"metrics: unknown metric {m!r}; expected one of "
-                                       f"{list(suite)} or jaxlrp.metrics.Metric objects")
-            m = suite[m]
+            m = METRICS.get(m)  # any registered metric, by name or alias
         if not isinstance(m, Metric):
             raise ExplanationError(
                 f"metrics: expected jaxlrp.metrics.Metric objects or names, got {type(m).__name__}"
@@ -441,7 +437,11 @@ def _run_batch(model, adapter, forward, explain_fns, jit_fns, metrics, images, l
                 f"labels: expected class indices in [0, {num_classes}), got values in "
                 f"[{labels.min()}, {labels.max()}]"
             )
-        t = labels if target == "label" else logits.argmax(-1).astype(np.int32)
+        if isinstance(target, int) and not 0 <= target < num_classes:
+            raise ExplanationError(
+                f"target: expected a class in [0, {num_classes}), got {target}")
+        t = (labels if target == "label" else logits.argmax(-1).astype(np.int32)
+             if target == "predicted" else np.full((b,), target, np.int32))
     except Exception as e:  # the batch itself is bad: nothing can be computed on it
         return {"scores": scores, "targets": np.full((b,), -1, np.int64),
                 "failures": [{"explainer": None, "metric": None, "error": _error_text(e)}],
@@ -500,7 +500,7 @@ def evaluate(
     explainers: Mapping[str, Explainer] | Sequence[str] = DEFAULT_EXPLAINERS,
     metrics: Sequence[Any] | None = None,
     *,
-    target: str = "label",
+    target: str | int = "label",
     batch_size: int = 32,
     key: int | jax.Array = 0,
     out_dir: str | os.PathLike | None = None,
@@ -517,10 +517,13 @@ def evaluate(
         batches (images (b, H, W, C) float, labels (b,) int, masks (b, H, W) bool or None).
       explainers: names from :data:`jaxlrp.explainers.NAMES`, or a dict name ->
         ``explain(model, x, target) -> (B, H, W)`` or ``(B, H, W, C)``.
-      metrics: :class:`jaxlrp.metrics.Metric` objects or their names in the default suite;
+      metrics: :class:`jaxlrp.metrics.Metric` objects or the names of registered metrics
+        (:func:`jaxlrp.metrics.names`);
         None: :func:`jaxlrp.metrics.default_suite`. Metrics needing masks are skipped (with
         a notice) for batches without masks.
-      target: ``"label"`` (explain the true class) or ``"predicted"`` (the model's argmax).
+      target: ``"label"`` (explain the true class), ``"predicted"`` (the model's argmax)
+        or an int (that class for every example): the explainers' spellings plus
+        ``"label"`` (see :mod:`jaxlrp.typing`).
       batch_size: examples per batch when ``data`` is a Dataset.
       key: int seed or ``jax.random`` key. Batch ``i``, metric ``j`` gets
         ``fold_in(fold_in(key, i), j)``: the same draws for every explainer, independent of
@@ -543,8 +546,11 @@ def evaluate(
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (
             batch_size < 1):
         raise ExplanationError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-    if target not in ("label", "predicted"):
-        raise ExplanationError(f"target: expected 'label' or 'predicted', got {target!r}")
+    if not (target in ("label", "predicted") or (
+            isinstance(target, (int, np.integer)) and not isinstance(target, bool))):
+        raise ExplanationError(
+            f"target: expected 'label', 'predicted' or an int class, got {target!r}")
+    target = target if isinstance(target, str) else int(target)
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         root = jax.random.key(int(key))
         key_desc: Any = int(key)
@@ -699,6 +705,12 @@ def _report(msg: str) -> None:
 # ----------------------------------------------------------------------------- CLI
 
 
+def _metric_names() -> tuple[str, ...]:
+    from jaxlrp.metrics import names
+
+    return names()
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``jaxlrp evaluate`` options to ``parser``."""
     parser.add_argument("--model", default="default",
@@ -712,7 +724,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--explainers", default=",".join(DEFAULT_EXPLAINERS),
                         help="comma-separated explainer names")
     parser.add_argument("--metrics", default=None,
-                        help="comma-separated metric names of the default suite (none: all)")
+                        help="comma-separated names of registered metrics (default: the "
+                             "paper's suite); one of: " + ", ".join(_metric_names()))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--target", choices=("label", "predicted"), default="label")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random metrics")

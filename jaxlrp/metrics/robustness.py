@@ -17,7 +17,6 @@ Explanations are compared as flat vectors after the metric's preprocessing.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -38,9 +37,8 @@ from jaxlrp.metrics._common import (
     preprocess,
 )
 from jaxlrp.metrics.base import metric
+from jaxlrp.typing import Explainer
 from jaxlrp.validation import check_range
-
-Explainer = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
 def _norm(v: jax.Array, kind: str) -> jax.Array:
@@ -71,7 +69,7 @@ def _noise(key, shape, perturb, lower_bound, upper_bound, perturb_std, dtype):
 
 def _sensitivity(model, x, y, a, explain, key, *, nr_samples, lower_bound, upper_bound, norm,
                  perturb, perturb_std, normalise, abs, noise, chunk_size,  # noqa: A002
-                 return_nan_when_prediction_changes, kind, reduce):
+                 return_nan_when_prediction_changes, kind, over_samples):
     x = check_inputs(x)
     fwd, params, k = model_handle(model, x)
     b = x.shape[0]
@@ -102,13 +100,14 @@ def _sensitivity(model, x, y, a, explain, key, *, nr_samples, lower_bound, upper
             )
     return _sens_core(fwd, params, x, y, a4, noise, explain=explain, norm=norm,
                       normalise=normalise, abs=abs, chunk=chunk,
-                      nan_changed=return_nan_when_prediction_changes, kind=kind, reduce=reduce)
+                      nan_changed=return_nan_when_prediction_changes, kind=kind,
+                      over_samples=over_samples)
 
 
 @functools.partial(jax.jit, static_argnames=("fwd", "explain", "norm", "normalise", "abs",
-                                             "chunk", "nan_changed", "kind", "reduce"))
+                                             "chunk", "nan_changed", "kind", "over_samples"))
 def _sens_core(fwd, params, x, y, a4, noise, *, explain, norm, normalise, abs,  # noqa: A002
-               chunk, nan_changed, kind, reduce):
+               chunk, nan_changed, kind, over_samples):
     s, b = noise.shape[:2]
     model = fwd.model(params)
     xp = (x[None] + noise).reshape((s * b,) + x.shape[1:])
@@ -143,7 +142,7 @@ def _sens_core(fwd, params, x, y, a4, noise, *, explain, norm, normalise, abs,  
         p0 = jnp.argmax(fwd.apply(params, x), -1)
         pp = jnp.argmax(batched_apply(lambda z: fwd.apply(params, z), xp, n), -1).reshape(s, b)
         vals = jnp.where(pp == p0[None], vals, jnp.nan)
-    return (jnp.mean if reduce == "mean" else jnp.max)(vals, axis=0)
+    return (jnp.mean if over_samples == "mean" else jnp.max)(vals, axis=0)
 
 
 def _chunked_pairs(f, xs, ys, n):
@@ -185,7 +184,7 @@ def avg_sensitivity(
                         perturb=perturb, perturb_std=perturb_std, normalise=normalise, abs=abs,
                         noise=noise, chunk_size=chunk_size,
                         return_nan_when_prediction_changes=return_nan_when_prediction_changes,
-                        kind="sensitivity", reduce="mean")
+                        kind="sensitivity", over_samples="mean")
 
 
 @metric("MaxSensitivity", category="Robustness", higher_is_better=False)
@@ -205,7 +204,7 @@ def max_sensitivity(
                         perturb=perturb, perturb_std=perturb_std, normalise=normalise, abs=abs,
                         noise=noise, chunk_size=chunk_size,
                         return_nan_when_prediction_changes=return_nan_when_prediction_changes,
-                        kind="sensitivity", reduce="max")
+                        kind="sensitivity", over_samples="max")
 
 
 @metric("LocalLipschitzEstimate", category="Robustness", higher_is_better=False)
@@ -224,4 +223,4 @@ def local_lipschitz_estimate(
                         upper_bound=None, norm="l2", perturb="gaussian", perturb_std=perturb_std,
                         normalise=normalise, abs=abs, noise=noise, chunk_size=chunk_size,
                         return_nan_when_prediction_changes=return_nan_when_prediction_changes,
-                        kind="lipschitz", reduce="max")
+                        kind="lipschitz", over_samples="max")
