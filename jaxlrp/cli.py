@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxlrp import explainers as _explainers
 from jaxlrp.atomic import atomic_write
 from jaxlrp.errors import ExplanationError
-from jaxlrp.explainers import NAMES
 from jaxlrp.lrp.composites import PRESETS
 
 PROG = "jaxlrp"
@@ -33,18 +33,24 @@ PROG = "jaxlrp"
 MODEL_NAMES = ("efficientnet-lite0", "default")
 """Built-in models for ``--model`` (besides a checkpoint path)."""
 
-METHODS = NAMES
-"""Explainer names for ``--method`` (:data:`jaxlrp.explainers.NAMES`)."""
 
-HYBRID_CAMS = ("gradcam++", "gradcam", "xgradcam", "layercam", "hirescam")
-"""CAMs the hybrid can use (``--cam``)."""
+def methods() -> tuple[str, ...]:
+    """Explainer names for ``--method``: every registered explainer and CAM method."""
+    return _explainers.choices()
+
+
+def hybrid_cams() -> tuple[str, ...]:
+    """CAMs the hybrid can use (``--cam``): every registered CAM method with a map."""
+    from jaxlrp.hybrid import cam_methods
+
+    return cam_methods()
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 """File suffixes picked up when a folder is given to ``jaxlrp explain``."""
 
-PANEL_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM",
-               "layercam": "LayerCAM", "hirescam": "HiResCAM", "scorecam": "Score-CAM",
-               "lrp": "LRP", "hybrid": "hybrid"}
+panel_title = _explainers.title
+"""Figure panel title of an explainer, from its registry entry (``gradcam++`` -> Grad-CAM++)."""
 
 
 # ----------------------------------------------------------------------------- parser
@@ -177,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'efficientnet-lite0' (ImageNet, shipped weights), 'default' (the "
                         "VGG trained on the embedded shapes) or PATH to a jaxlrp checkpoint; "
                         "default: efficientnet-lite0")
-    p.add_argument("--method", default="hybrid", choices=METHODS, help="explainer")
+    p.add_argument("--method", default="hybrid", choices=methods(), help="explainer")
     p.add_argument("--target", type=target_arg, default="predicted", metavar="predicted|N",
                    help="class to explain: the predicted one, or class index N")
     p.add_argument("--out", default="jaxlrp-out", metavar="DIR", help="output folder")
@@ -192,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--composite", default=None, choices=sorted(PRESETS),
                    help="LRP composite preset for lrp/hybrid (jaxlrp.lrp.composites); "
                         "default: the paper's (z+ on convolutions, epsilon=0 on dense layers)")
-    p.add_argument("--cam", default=None, choices=HYBRID_CAMS,
+    p.add_argument("--cam", default=None, choices=hybrid_cams(),
                    help="the hybrid's CAM (default gradcam++, the paper's)")
     p.add_argument("--threshold", type=unit_float, default=None,
                    help="the hybrid's CAM denoising threshold (default 0.2)")
@@ -396,7 +402,7 @@ class Plan:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """Check which options apply to ``--method`` and bind them."""
-    method = args.method
+    method = _explainers.canonical(args.method)
     compare = (method == "hybrid") if args.compare is None else bool(args.compare)
     applies = {
         "layer": method != "lrp",
@@ -419,9 +425,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
             options[opt] = value
     hybrid_options = {k: getattr(args, k) for k in ("layer", "composite", "threshold")
                       if getattr(args, k) is not None}
-    cam = args.cam or (method if method in HYBRID_CAMS else None)
+    cam = args.cam or (method if method in hybrid_cams() else None)
     if cam is not None:
-        hybrid_options["cam"] = cam
+        hybrid_options["cam"] = _explainers.canonical(cam)
     return Plan(method, args.target, compare, options, hybrid_options)
 
 
@@ -475,7 +481,7 @@ def save_npy(path: Path, array: Any) -> None:
 
 
 def _title(method: str, target: str | int, classes: Sequence[str]) -> str:
-    name = PANEL_NAMES.get(method, method)
+    name = panel_title(method)
     if target == "predicted":
         return name
     return f"{name} for class {target} ({classes[int(target)]})"
@@ -565,7 +571,7 @@ def write_outputs(out: Path, stem: str, plan: Plan, lm: LoadedModel, x: Any, pre
     tok = file_token(plan.method)
     save_npy(out / f"{stem}_{tok}.npy", maps[plan.method].astype(np.float32))
     if plan.compare:
-        panels = {PANEL_NAMES[k]: maps[k] for k in plan.panels()}
+        panels = {panel_title(k): maps[k] for k in plan.panels()}
         title = stem if plan.target == "predicted" else (
             f"{stem}, target class {plan.target} ({lm.class_names[int(plan.target)]})")
         viz.save(viz.compare(image, panels, class_name=cls, title=title),
@@ -675,7 +681,7 @@ def _demo_part(lm: LoadedModel, names: list[str], xs: list, out: Path, title: st
     labels = []
     for i, name in enumerate(names):
         cls = lm.class_names[int(preds[i])]
-        panels = {PANEL_NAMES[k]: maps[k][i] for k in plan.panels()}
+        panels = {panel_title(k): maps[k][i] for k in plan.panels()}
         path = out / f"{name}_compare.png"
         viz.save(viz.compare(shown[i], panels, class_name=cls, title=name), path)
         written.append(path)
@@ -684,7 +690,7 @@ def _demo_part(lm: LoadedModel, names: list[str], xs: list, out: Path, title: st
         ok = "" if expected[i] is None else ("  [as expected]" if cls == expected[i]
                                               else f"  [expected {expected[i]}]")
         _say(f"  {name}: predicted {cls!r}, p={probs[i, preds[i]]:.2f}{ok}")
-    grid = viz.grid(shown, {PANEL_NAMES[k]: list(maps[k]) for k in plan.panels()},
+    grid = viz.grid(shown, {panel_title(k): list(maps[k]) for k in plan.panels()},
                     row_labels=labels, title=title)
     path = out.parent / f"{out.name}_grid.png"
     viz.save(grid, path)
@@ -794,7 +800,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     _say("datasets: embedded (8 shape classes, 64x64, masks; no download), tfds:NAME "
          "(TensorFlow Datasets, needs the data locally)")
     _say(f"bundled photos: {', '.join(photos.names())}")
-    _say(f"explainers (--method): {', '.join(NAMES)}")
+    _say(f"explainers (--method): {', '.join(_explainers.names())}")
     _say(f"LRP composites (--composite): {', '.join(sorted(PRESETS))} (default: paper)")
     return 0
 

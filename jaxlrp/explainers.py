@@ -175,7 +175,10 @@ def get(name: str, **options: Any) -> Explainer:
     """
     name = canonical(name)
     if name in _cam.CAMS:
-        accepted = {*dict(_cam.CAMS.get(name).defaults), *_CAM_COMMON}
+        entry = _cam.CAMS.get(name)
+        accepted = {*dict(entry.defaults), *_CAM_COMMON}
+        _cam._bind_options(entry, {k: v for k, v in options.items() if k not in _CAM_COMMON
+                                   and k in accepted})  # checks the values now
     else:
         params = inspect.signature(EXPLAINERS.get(name).fn).parameters.values()
         accepted = None if any(p.kind is p.VAR_KEYWORD for p in params) else {
