@@ -198,3 +198,33 @@ def test_every_registered_metric_returns_per_example_scores(setup):
     np.testing.assert_allclose(
         metrics.get("PixelFlipping")(model, x, y, a, key=jax.random.key(1), features_in_step=16),
         np.trapezoid(np.asarray(curves), dx=1 / (curves.shape[1] - 1), axis=1), rtol=1e-5)
+
+
+def test_registered_explainer_found_everywhere(setup):
+    model, x, y, masks = setup
+
+    @explainers.register("saliency", title="Saliency")
+    def saliency(model, x, target="predicted", *, power=1):  # |d logit_t / dx|^power
+        def score(xx):
+            return jnp.take_along_axis(model(xx), jnp.asarray(target)[:, None], axis=1).sum()
+
+        return jnp.abs(jax.grad(score)(x)).sum(-1) ** power
+
+    try:
+        ref = np.asarray(saliency(model, jnp.asarray(x), y, power=2))
+        assert explainers.get("Saliency", power=2) == explainers.get("saliency", power=2)
+        np.testing.assert_allclose(explainers.get("saliency", power=2)(model, x, y), ref,
+                                   rtol=1e-6)
+        with pytest.raises(ExplanationError, match="powr: not an option"):
+            explainers.get("saliency", powr=2)
+        res = evaluation.evaluate(model, [(x, y, masks)], ["saliency"], metrics=["Sparseness"],
+                                  progress=False, chart=False)
+        np.testing.assert_allclose(res.scores["saliency"]["Sparseness"],
+                                   np.asarray(metrics.sparseness(saliency(model, x, y))),
+                                   rtol=1e-5)
+        args = cli.build_parser().parse_args(["explain", "a.png", "--method", "saliency"])
+        assert cli.make_plan(args).method == "saliency" and cli.panel_title("saliency") == (
+            "Saliency")
+    finally:
+        explainers.EXPLAINERS.remove("saliency")
+    assert "saliency" not in explainers.names()
