@@ -228,3 +228,34 @@ def test_registered_explainer_found_everywhere(setup):
     finally:
         explainers.EXPLAINERS.remove("saliency")
     assert "saliency" not in explainers.names()
+
+
+def test_unregistered_metric_object_and_contract_errors(setup):
+    model, x, y, masks = setup
+
+    def peak(a, masks):  # 1 when a maximal pixel lies in the mask (the pointing game)
+        v = helpers.flat(helpers.as_maps(a).sum(-1))
+        m = helpers.prepare_masks(masks, (v.shape[0], *x.shape[1:3]))
+        return (m & (v == v.max(-1, keepdims=True))).any(-1).astype(jnp.float32)
+
+    m = metrics.make_metric(peak, "Peak", category="Localisation", higher_is_better=True)
+    assert m.needs == ("masks",) and "Peak" not in metrics.names()
+    res = evaluation.evaluate(model, [(x, y, masks)], ["gradcam"], metrics=[m],
+                              progress=False, chart=False)
+    np.testing.assert_allclose(
+        res.scores["gradcam"]["Peak"],
+        np.asarray(metrics.pointing_game(jaxlrp.gradcam(model, x, y), masks)))
+    with pytest.raises(ExplanationError, match="needs: expected parameters"):
+        metrics.make_metric(peak, "P", category="Localisation", higher_is_better=True,
+                            needs=("explain",))
+    with pytest.raises(ExplanationError, match="must take the maps 'a' or an explainer"):
+        metrics.make_metric(lambda x, y: x, "P", category="Other", higher_is_better=True)
+    curve = metrics.make_metric(lambda a: jnp.ones((a.shape[0], 4)), "Curve",
+                                category="Other", higher_is_better=True)
+    with pytest.raises(ExplanationError, match=r"per-example scores \(B,\).*summary="):
+        curve(a=np.ones((2, 8, 8)))
+    assert curve.__class__ is metrics.Metric
+    summed = metrics.make_metric(lambda a: jnp.ones((a.shape[0], 4)), "Curve",
+                                 category="Other", higher_is_better=True,
+                                 summary=lambda c: c.sum(-1))
+    np.testing.assert_allclose(summed(a=np.ones((2, 8, 8))), [4.0, 4.0])

@@ -35,8 +35,8 @@ import jax.numpy as jnp
 from jaxlrp.errors import ExplanationError
 from jaxlrp.registry import Registry
 
-__all__ = ["INPUTS", "METRICS", "Metric", "default_suite", "get", "metric", "names",
-           "unregister"]
+__all__ = ["INPUTS", "METRICS", "Metric", "default_suite", "get", "make_metric", "metric",
+           "names", "unregister"]
 
 INPUTS = ("model", "x", "y", "a", "explain", "masks", "key")
 """The arguments the evaluation driver can give a metric, by parameter name."""
@@ -133,6 +133,37 @@ def _inputs_of(fn: Callable[..., Any]) -> tuple[tuple[str, ...], tuple[str, ...]
     return inputs, needs
 
 
+def make_metric(
+    fn: Callable[..., Any], name: str, *, category: str, higher_is_better: bool,
+    needs: tuple[str, ...] | None = None, summary: Callable[[jax.Array], jax.Array] | None = None,
+    aliases: tuple[str, ...] = (), **options: Any,
+) -> Metric:
+    """A :class:`Metric` for ``fn`` without registering it (``evaluate`` takes it as is).
+
+    Arguments as :func:`metric`.
+    """
+    if not callable(fn):
+        raise ExplanationError(f"fn: expected a metric function, got {type(fn).__name__}")
+    inputs, required = _inputs_of(fn)
+    if "a" not in inputs and "explain" not in inputs:
+        raise ExplanationError(
+            f"fn: the metric {name!r} must take the maps 'a' or an explainer 'explain'; it "
+            f"takes {list(inspect.signature(fn).parameters)}"
+        )
+    need = required if needs is None else tuple(needs)
+    if needs is None and "key" in inputs and "key" not in need:
+        need = (*need, "key")
+    bad = [n for n in need if n not in inputs or n not in _NEEDS]
+    if bad:
+        raise ExplanationError(
+            f"needs: expected parameters of {getattr(fn, '__name__', fn)!r} among {_NEEDS}, "
+            f"got {bad}"
+        )
+    return Metric(name, category, fn, bool(higher_is_better), inputs,
+                  tuple(n for n in _NEEDS if n in need), tuple(sorted(options.items())),
+                  summary, tuple(aliases))
+
+
 def metric(
     name: str, *, category: str, higher_is_better: bool, needs: tuple[str, ...] | None = None,
     summary: Callable[[jax.Array], jax.Array] | None = None, aliases: tuple[str, ...] = (),
@@ -154,22 +185,9 @@ def metric(
     """
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        inputs, required = _inputs_of(fn)
-        if not {"a"} <= set(inputs) and "explain" not in inputs:
-            raise ExplanationError(
-                f"metric {name!r}: the function must take the maps 'a' or an explainer "
-                f"'explain'; it takes {list(inspect.signature(fn).parameters)}"
-            )
-        need = required if needs is None else tuple(needs)
-        if needs is None and "key" in inputs and "key" not in need:
-            need = (*need, "key")
-        bad = [n for n in need if n not in inputs]
-        if bad:
-            raise ExplanationError(f"needs: {bad} are not parameters of {fn.__name__}")
-        METRICS.add(name, Metric(name, category, fn, bool(higher_is_better), inputs,
-                                 tuple(n for n in _NEEDS if n in need),
-                                 tuple(sorted(options.items())), summary, tuple(aliases)),
-                    tuple(aliases))
+        m = make_metric(fn, name, category=category, higher_is_better=higher_is_better,
+                        needs=needs, summary=summary, aliases=aliases, **options)
+        METRICS.add(name, m, m.aliases)
         return fn
 
     return deco
