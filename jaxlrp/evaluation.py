@@ -40,7 +40,6 @@ _NAMED: dict[str, Any] = {}  # explainers resolved by name, reused across evalua
 _JITTED: dict[Any, Any] = {}  # jitted explainers, reused across evaluate calls
 
 
-
 # ----------------------------------------------------------------------------- results
 
 
