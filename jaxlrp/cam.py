@@ -28,6 +28,7 @@ NNX modules or :class:`jaxlrp.LinenModel`, parameters).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ from flax import nnx
 
 from jaxlrp import _cache, image
 from jaxlrp.errors import ExplanationError
+from jaxlrp.registry import Registry
 from jaxlrp.tracing import (
     Adapter,
     LinenModel,
@@ -59,7 +61,10 @@ from jaxlrp.validation import (
 )
 
 __all__ = [
+    "CAMS",
+    "CAMMethod",
     "activations_and_gradients",
+    "explain_cam",
     "gradcam",
     "gradcam_pp",
     "gradcam_pp_weights",
@@ -69,6 +74,7 @@ __all__ = [
     "layercam",
     "layercam_map",
     "postprocess",
+    "register_cam",
     "resolve_layer",
     "scorecam",
     "scorecam_scores",
@@ -302,30 +308,118 @@ def _explain_core(
         acts, grads, logits = activations_and_gradients(adapter, adapter.params, x, target,
                                                         layer)
         t, k = resolve_targets(target, logits), logits.shape[-1]
-        cam = _CAMS[method](acts, grads, **opts)
+        cam = CAMS.get(method).map(acts, grads, **opts)
     cam = postprocess(cam, x.shape[1:3], relu=relu, upsample=upsample, normalize=normalize)
     return poison(cam, finite_rows(x) & valid_targets(t, k))
 
 
+# ----------------------------------------------------------------------------- the registry
+
+
+@dataclasses.dataclass(frozen=True)
+class CAMMethod:
+    """One CAM method: what every table (explainers, hybrid, CLI, figures) needs of it.
+
+    Attributes:
+      name: canonical name (``"gradcam++"``).
+      title: display title for figure panels (``"Grad-CAM++"``).
+      map: ``map(acts, grads, **options) -> (B, h, w)`` from the layer's activations and
+        gradients (B, h, w, C); None for a method that needs more than one backward pass
+        (Score-CAM), which the hybrid cannot use.
+      defaults: the method's options and their defaults, as sorted (name, value) pairs.
+      aliases: other accepted spellings (``"gradcam_pp"``).
+    """
+
+    name: str
+    title: str
+    map: Callable[..., jax.Array] | None
+    defaults: tuple[tuple[str, Any], ...] = ()
+    aliases: tuple[str, ...] = ()
+
+
+CAMS: Registry[CAMMethod] = Registry("CAM method", "cam")
+"""Every CAM method by name. :func:`jaxlrp.explainers.get`, the hybrid's ``cam=``, the
+CLI's ``--method``/``--cam`` choices and figure titles are all read from here."""
+
+
+def register_cam(
+    name: str, *, title: str | None = None, aliases: tuple[str, ...] = (), **defaults: Any
+) -> Callable[[Callable[..., jax.Array]], Callable[..., jax.Array]]:
+    """Decorator registering ``map(acts, grads, **options) -> (B, h, w)`` as a CAM method.
+
+    ``defaults`` are the method's keyword options; afterwards ``name`` works in
+    ``jaxlrp.explainers.get(name, **options)``, ``hybrid(..., cam=name)``, ``jaxlrp explain
+    --method name`` and ``evaluate(explainers=[name])``::
+
+        @jaxlrp.cam.register_cam("gradcam_abs", title="|Grad-CAM|")
+        def gradcam_abs(acts, grads):  # (B, h, w, C) x 2 -> (B, h, w)
+            return jnp.abs(jaxlrp.cam.weighted_sum(acts, jnp.mean(grads, axis=(1, 2))))
+
+    Undo with ``jaxlrp.cam.CAMS.remove(name)``.
+    """
+
+    def deco(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+        CAMS.add(name, CAMMethod(name, title or name, fn, tuple(sorted(defaults.items())),
+                                 tuple(aliases)), tuple(aliases))
+        return fn
+
+    return deco
+
+
+def _bind_options(method: CAMMethod, options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The method's defaults overridden by ``options``, validated, as sorted pairs."""
+    defaults = dict(method.defaults)
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ExplanationError(
+            f"{unknown[0]}: not an option of the CAM method {method.name!r}; its options are "
+            f"{sorted(defaults) or 'none'} (and layer, relu, upsample, normalize)"
+        )
+    for k, v in options.items():
+        d = defaults[k]
+        if isinstance(d, int) and not isinstance(d, bool):
+            v = check_positive_int(v, k)
+        elif isinstance(d, float):
+            try:
+                v = float(v)
+            except (TypeError, ValueError) as e:
+                raise ExplanationError(f"{k}: expected a number, got {v!r}") from e
+        defaults[k] = v
+    return tuple(sorted(defaults.items()))
+
+
+def explain_cam(
+    method: str, model: Any, x: Any, target: Target = "predicted", layer: str | None = None,
+    *, relu: bool = True, upsample: bool = True, normalize: bool = True, **options: Any,
+) -> jax.Array:
+    """The CAM method registered as ``method`` (see :data:`CAMS`), with its ``options``.
+
+    ``explain_cam("gradcam++", model, x, eps=1e-6)`` equals ``gradcam_pp(model, x,
+    eps=1e-6)``. Arguments as :func:`gradcam`.
+    """
+    entry = CAMS.get(method)
+    opts = _bind_options(entry, options)
+    return _explain(model, x, target, layer, entry.name, relu, upsample, normalize, opts)
+
+
+@register_cam("gradcam", title="Grad-CAM")
 def _gradcam_map(acts: jax.Array, grads: jax.Array) -> jax.Array:
     return weighted_sum(acts, gradcam_weights(acts, grads))
 
 
+@register_cam("gradcam++", title="Grad-CAM++", aliases=("gradcam_pp",), eps=1e-6)
 def _gradcam_pp_map(acts: jax.Array, grads: jax.Array, eps: float = 1e-6) -> jax.Array:
     return weighted_sum(acts, gradcam_pp_weights(acts, grads, eps))
 
 
+@register_cam("xgradcam", title="XGrad-CAM", eps=1e-7)
 def _xgradcam_map(acts: jax.Array, grads: jax.Array, eps: float = 1e-7) -> jax.Array:
     return weighted_sum(acts, xgradcam_weights(acts, grads, eps))
 
 
-_CAMS: dict[str, Callable[..., jax.Array]] = {
-    "gradcam": _gradcam_map,
-    "gradcam_pp": _gradcam_pp_map,
-    "xgradcam": _xgradcam_map,
-    "layercam": layercam_map,
-    "hirescam": hirescam_map,
-}
+register_cam("layercam", title="LayerCAM")(layercam_map)
+register_cam("hirescam", title="HiResCAM")(hirescam_map)
+CAMS.add("scorecam", CAMMethod("scorecam", "Score-CAM", None, (("chunk_size", 32),)))
 
 
 _ARGS_DOC = """
@@ -348,46 +442,48 @@ def gradcam(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
     relu: bool = True, upsample: bool = True, normalize: bool = True,
 ) -> jax.Array:
-    return _explain(model, x, target, layer, "gradcam", relu, upsample, normalize)
+    return explain_cam("gradcam", model, x, target, layer, relu=relu, upsample=upsample,
+                       normalize=normalize)
 
 
 def gradcam_pp(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
     relu: bool = True, upsample: bool = True, normalize: bool = True, eps: float = 1e-6,
 ) -> jax.Array:
-    return _explain(model, x, target, layer, "gradcam_pp", relu, upsample, normalize,
-                    (("eps", float(eps)),))
+    return explain_cam("gradcam++", model, x, target, layer, relu=relu, upsample=upsample,
+                       normalize=normalize, eps=eps)
 
 
 def xgradcam(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
     relu: bool = True, upsample: bool = True, normalize: bool = True, eps: float = 1e-7,
 ) -> jax.Array:
-    return _explain(model, x, target, layer, "xgradcam", relu, upsample, normalize,
-                    (("eps", float(eps)),))
+    return explain_cam("xgradcam", model, x, target, layer, relu=relu, upsample=upsample,
+                       normalize=normalize, eps=eps)
 
 
 def layercam(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
     relu: bool = True, upsample: bool = True, normalize: bool = True,
 ) -> jax.Array:
-    return _explain(model, x, target, layer, "layercam", relu, upsample, normalize)
+    return explain_cam("layercam", model, x, target, layer, relu=relu, upsample=upsample,
+                       normalize=normalize)
 
 
 def hirescam(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
     relu: bool = True, upsample: bool = True, normalize: bool = True,
 ) -> jax.Array:
-    return _explain(model, x, target, layer, "hirescam", relu, upsample, normalize)
+    return explain_cam("hirescam", model, x, target, layer, relu=relu, upsample=upsample,
+                       normalize=normalize)
 
 
 def scorecam(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
     relu: bool = True, upsample: bool = True, normalize: bool = True, chunk_size: int = 32,
 ) -> jax.Array:
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
-    return _explain(model, x, target, layer, "scorecam", relu, upsample, normalize,
-                    (("chunk_size", chunk_size),))
+    return explain_cam("scorecam", model, x, target, layer, relu=relu, upsample=upsample,
+                       normalize=normalize, chunk_size=chunk_size)
 
 
 def _scorecam_raw(

@@ -53,11 +53,11 @@ from jaxlrp import _cache
 from jaxlrp._cache import key_part
 from jaxlrp.errors import ExplanationError
 from jaxlrp.tracing import LinenModel, apply_checked, as_adapter, static_key
+from jaxlrp.typing import Explainer
 from jaxlrp.validation import check_positive_int
 
 __all__ = ["batch_mesh", "explain_dataset"]
 
-Explainer = Callable[[Any, jax.Array, Any], jax.Array]
 
 
 def batch_mesh(devices: Any = None) -> Mesh:

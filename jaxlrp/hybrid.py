@@ -46,14 +46,13 @@ from jaxlrp.validation import (
     valid_targets,
 )
 
-CAM_METHODS = {
-    "gradcam": _cam._gradcam_map,
-    "gradcam++": _cam._gradcam_pp_map,
-    "gradcam_pp": _cam._gradcam_pp_map,
-    "xgradcam": _cam._xgradcam_map,
-    "layercam": _cam.layercam_map,
-    "hirescam": _cam.hirescam_map,
-}
+
+def cam_methods() -> tuple[str, ...]:
+    """The CAM methods the hybrid can use: every registered method with a map of
+    (activations, gradients) (:data:`jaxlrp.cam.CAMS`; Score-CAM has none), aliases included."""
+    return tuple(n for n in _cam.CAMS.choices() if _cam.CAMS.get(n).map is not None)
+
+
 REDUCTIONS = ("mean", "sum", "abs_mean", "max_abs")
 
 
@@ -175,7 +174,8 @@ def hybrid(
       model: an NNX module, ``(linen_module, variables)`` or ``jaxlrp.linen(...)``.
       x: (B, H, W, C) floating images.
       target: an int, a (B,) int array or ``"predicted"``.
-      cam: ``gradcam++`` (paper), ``gradcam``, ``xgradcam``, ``layercam`` or ``hirescam``.
+      cam: ``gradcam++`` (paper), ``gradcam``, ``xgradcam``, ``layercam``, ``hirescam`` or
+        any method registered with :func:`jaxlrp.cam.register_cam` (:func:`cam_methods`).
       layer: CAM layer path; None is the last spatial layer with parameters.
       threshold: denoising threshold in [0, 1].
       composite: LRP composite (None: :func:`jaxlrp.lrp.composites.paper`).
@@ -188,8 +188,9 @@ def hybrid(
       out-of-range target under a trace; eager calls raise instead).
     """
     x = check_images(x)
-    if cam not in CAM_METHODS:
-        raise ExplanationError(f"cam: expected one of {sorted(CAM_METHODS)}, got {cam!r}")
+    if cam not in _cam.CAMS or _cam.CAMS.get(cam).map is None:
+        raise ExplanationError(f"cam: expected one of {list(cam_methods())}, got {cam!r}")
+    cam = _cam.CAMS.canonical(cam)
     _check_options(threshold, reduce, ksize, sigma)
     comp = K.get(composite)
     canon = tuple(C.default() if canonizers is None else canonizers)
@@ -217,7 +218,7 @@ def _hybrid(adapter, comp, canon, opts, params, x, t):
     rx, acts, grads, logits, t = lrp_with_layer_gradient(
         adapter, comp, canon, "logit", params, x, t, layer
     )
-    cam_map = CAM_METHODS[method](acts, grads)
+    cam_map = _cam.CAMS.get(method).map(acts, grads)
     cam_map = _cam.postprocess(cam_map, x.shape[1:3], relu=True, upsample=True, normalize=True)
     parts = combine_parts(cam_map, rx, threshold=threshold, reduce=reduce, ksize=ksize,
                           sigma=sigma)

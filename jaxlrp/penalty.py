@@ -16,20 +16,19 @@ use :func:`jaxlrp.models.soften` for such second-order work.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jaxlrp.errors import ExplanationError
+from jaxlrp.typing import Aggregate, Explainer
 
 __all__ = ["explanation_penalty"]
 
-Explainer = Callable[[Any, jax.Array, Any], jax.Array]
 
 _KINDS = ("abs", "square")
-_REDUCE = ("mean", "sum", "none")
+_AGGREGATE = ("mean", "sum", "none")
 
 
 def explanation_penalty(
@@ -39,7 +38,7 @@ def explanation_penalty(
     target: Any,
     mask: Any,
     *,
-    reduce: str = "mean",
+    aggregate: Aggregate = "mean",
     kind: str = "abs",
 ) -> jax.Array:
     """Relevance that ``explain`` puts inside ``mask``.
@@ -61,7 +60,7 @@ def explanation_penalty(
       target: passed to ``explain``; for training use the true labels (B,).
       mask: (B, H, W) or (H, W) weights (bool or float, e.g. 1 on a confounder);
         must match the map's spatial size.
-      reduce: ``"mean"`` over the batch (default), ``"sum"``, or ``"none"`` for (B,).
+      aggregate: ``"mean"`` over the batch (default), ``"sum"``, or ``"none"`` for (B,).
       kind: ``"abs"`` (default) or ``"square"``.
     Returns:
       A scalar (``"mean"``/``"sum"``) or (B,) penalties.
@@ -87,8 +86,8 @@ def explanation_penalty(
         )
     if kind not in _KINDS:
         raise ExplanationError(f"kind: expected one of {_KINDS}, got {kind!r}")
-    if reduce not in _REDUCE:
-        raise ExplanationError(f"reduce: expected one of {_REDUCE}, got {reduce!r}")
+    if aggregate not in _AGGREGATE:
+        raise ExplanationError(f"aggregate: expected one of {_AGGREGATE}, got {aggregate!r}")
     if not hasattr(mask, "shape") or not hasattr(mask, "dtype"):
         mask = jnp.asarray(mask)
     if not (jnp.issubdtype(mask.dtype, jnp.floating) or jnp.issubdtype(mask.dtype, jnp.bool_)
@@ -115,8 +114,8 @@ def explanation_penalty(
         values = jnp.sum(values, axis=-1)
     weights = mask.astype(values.dtype)
     per_example = jnp.sum(weights * values, axis=(1, 2)) / (h * w)
-    if reduce == "none":
+    if aggregate == "none":
         return per_example
-    if reduce == "sum":
+    if aggregate == "sum":
         return jnp.sum(per_example)
     return jnp.mean(per_example)

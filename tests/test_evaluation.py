@@ -120,6 +120,23 @@ def test_predicted_target_and_dataset_input():
     assert res.meta["num_batches"] == 2
 
 
+def test_int_target_explains_that_class_for_every_example():
+    """``target`` takes the explainers' spellings (an int, "predicted") plus "label"."""
+    model = tiny_model()
+    (x, y, m), = make_batches(1, 4, seed=2)
+    res = evaluate(model, [(x, y, m)], {"saliency": saliency}, ["Sparseness"], target=2,
+                   progress=False, chart=False)
+    np.testing.assert_array_equal(res.targets, [2, 2, 2, 2])
+    ref = sparseness(saliency(model, jnp.asarray(x), jnp.full((4,), 2)))
+    np.testing.assert_allclose(res.scores["saliency"]["Sparseness"], np.asarray(ref), rtol=1e-6)
+    with pytest.raises(ExplanationError, match=r"target: expected a class in \[0, 4\), got 7"):
+        evaluate(model, [(x, y, m)], {"saliency": saliency}, ["Sparseness"], target=7,
+                 progress=False, chart=False)
+    with pytest.raises(ExplanationError, match="target: expected 'label', 'predicted' or an int"):
+        evaluate(model, [(x, y, m)], {"saliency": saliency}, ["Sparseness"], target=True,
+                 progress=False)
+
+
 def test_localisation_skipped_without_masks(capsys):
     model = tiny_model()
     batches = make_batches(1, 4, masks=False)

@@ -36,9 +36,9 @@ def test_value_matches_definition(setup):
     model, x, y, mask = setup
     maps = np.asarray(lrp(model, x, y))
     ref = (np.abs(maps).sum(-1) * np.asarray(mask)).sum((1, 2)) / 256
-    np.testing.assert_allclose(explanation_penalty(lrp, model, x, y, mask, reduce="none"), ref,
+    np.testing.assert_allclose(explanation_penalty(lrp, model, x, y, mask, aggregate="none"), ref,
                                rtol=1e-5)
-    sq = explanation_penalty(lrp, model, x, y, mask, reduce="sum", kind="square")
+    sq = explanation_penalty(lrp, model, x, y, mask, aggregate="sum", kind="square")
     np.testing.assert_allclose(sq, ((maps**2).sum(-1) * np.asarray(mask)).sum() / 256, rtol=1e-5)
     # an empty mask costs nothing
     assert float(explanation_penalty(gradcam, model, x, y, jnp.zeros((4, 16, 16)))) == 0.0
@@ -125,7 +125,7 @@ def test_errors(setup):
         explanation_penalty(gradcam, model, x, y, jnp.ones((4, 8, 8)))
     with pytest.raises(ExplanationError, match="kind"):
         explanation_penalty(gradcam, model, x, y, mask, kind="l3")
-    with pytest.raises(ExplanationError, match="reduce"):
-        explanation_penalty(gradcam, model, x, y, mask, reduce="max")
+    with pytest.raises(ExplanationError, match="aggregate"):
+        explanation_penalty(gradcam, model, x, y, mask, aggregate="max")
     with pytest.raises(ExplanationError, match="explain"):
         explanation_penalty("gradcam", model, x, y, mask)

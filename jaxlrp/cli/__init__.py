@@ -21,7 +21,15 @@ import sys
 from collections.abc import Sequence
 
 from jaxlrp.cli import demo, evaluate, explain, info, train
-from jaxlrp.cli.common import PROG, _fail, _Formatter, _Parser
+from jaxlrp.cli.common import (
+    PROG,
+    _fail,
+    _Formatter,
+    _Parser,
+    hybrid_cams,
+    methods,
+    panel_title,
+)
 from jaxlrp.cli.explain import Plan, file_token, make_plan, make_runner, unique_stems
 from jaxlrp.cli.loading import LoadedModel, load_model
 from jaxlrp.errors import ExplanationError
@@ -66,5 +74,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["LoadedModel", "Plan", "build_parser", "file_token", "load_model", "main",
+__all__ = ["LoadedModel", "Plan", "build_parser", "file_token", "hybrid_cams", "load_model",
+           "main", "methods", "panel_title",
            "make_plan", "make_runner", "unique_stems"]

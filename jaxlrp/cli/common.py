@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxlrp.explainers import NAMES
+from jaxlrp import explainers as _explainers
 from jaxlrp.models.registry import SHIPPED
 
 PROG = "jaxlrp"
@@ -15,18 +15,24 @@ MODEL_NAMES = tuple(SHIPPED)
 """Built-in models for ``--model`` (besides a checkpoint path), from
 :data:`jaxlrp.models.registry.SHIPPED`."""
 
-METHODS = NAMES
-"""Explainer names for ``--method`` (:data:`jaxlrp.explainers.NAMES`)."""
 
-HYBRID_CAMS = ("gradcam++", "gradcam", "xgradcam", "layercam", "hirescam")
-"""CAMs the hybrid can use (``--cam``)."""
+def methods() -> tuple[str, ...]:
+    """Explainer names for ``--method``: every registered explainer and CAM method."""
+    return _explainers.choices()
+
+
+def hybrid_cams() -> tuple[str, ...]:
+    """CAMs the hybrid can use (``--cam``): every registered CAM method with a map."""
+    from jaxlrp.hybrid import cam_methods
+
+    return cam_methods()
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 """File suffixes picked up when a folder is given to ``jaxlrp explain``."""
 
-PANEL_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM",
-               "layercam": "LayerCAM", "hirescam": "HiResCAM", "scorecam": "Score-CAM",
-               "lrp": "LRP", "hybrid": "hybrid"}
+panel_title = _explainers.title
+"""Figure panel title of an explainer, from its registry entry (``gradcam++`` -> Grad-CAM++)."""
 
 
 class _Parser(argparse.ArgumentParser):

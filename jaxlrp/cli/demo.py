@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jaxlrp.cli.common import PANEL_NAMES, _fail, _Formatter, _say
+from jaxlrp.cli.common import _fail, _Formatter, _say, panel_title
 from jaxlrp.cli.explain import Plan, make_runner, run_batch, softmax
 from jaxlrp.cli.loading import LoadedModel, load_model
 from jaxlrp.errors import ExplanationError
@@ -57,7 +57,7 @@ def _demo_part(lm: LoadedModel, names: list[str], xs: list, out: Path, title: st
     labels = []
     for i, name in enumerate(names):
         cls = lm.class_names[int(preds[i])]
-        panels = {PANEL_NAMES[k]: maps[k][i] for k in plan.panels()}
+        panels = {panel_title(k): maps[k][i] for k in plan.panels()}
         path = out / f"{name}_compare.png"
         viz.save(viz.compare(shown[i], panels, class_name=cls, title=name), path)
         written.append(path)
@@ -66,7 +66,7 @@ def _demo_part(lm: LoadedModel, names: list[str], xs: list, out: Path, title: st
         ok = "" if expected[i] is None else ("  [as expected]" if cls == expected[i]
                                               else f"  [expected {expected[i]}]")
         _say(f"  {name}: predicted {cls!r}, p={probs[i, preds[i]]:.2f}{ok}")
-    grid = viz.grid(shown, {PANEL_NAMES[k]: list(maps[k]) for k in plan.panels()},
+    grid = viz.grid(shown, {panel_title(k): list(maps[k]) for k in plan.panels()},
                     row_labels=labels, title=title)
     path = out.parent / f"{out.name}_grid.png"
     viz.save(grid, path)

@@ -35,6 +35,12 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run_cli)
 
 
+def _metric_names() -> tuple[str, ...]:
+    from jaxlrp.metrics import names
+
+    return names()
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``jaxlrp evaluate`` options to ``parser``."""
     parser.add_argument("--model", default="default",
@@ -48,7 +54,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--explainers", default=",".join(DEFAULT_EXPLAINERS),
                         help="comma-separated explainer names")
     parser.add_argument("--metrics", default=None,
-                        help="comma-separated metric names of the default suite (none: all)")
+                        help="comma-separated names of registered metrics (default: the "
+                             "paper's suite); one of: " + ", ".join(_metric_names()))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--target", choices=("label", "predicted"), default="label")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random metrics")

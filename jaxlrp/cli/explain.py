@@ -11,17 +11,18 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxlrp import explainers as _explainers
 from jaxlrp.atomic import atomic_write
 from jaxlrp.cli.common import (
-    HYBRID_CAMS,
     IMAGE_SUFFIXES,
-    METHODS,
-    PANEL_NAMES,
     PROG,
     _bar,
     _Formatter,
     _say,
     _warn,
+    hybrid_cams,
+    methods,
+    panel_title,
     positive_int,
     target_arg,
     unit_float,
@@ -64,7 +65,7 @@ def add_parser(sub: Any) -> None:
                    help="'efficientnet-lite0' (ImageNet, shipped weights), 'default' (the "
                         "VGG trained on the embedded shapes) or PATH to a jaxlrp checkpoint; "
                         "default: efficientnet-lite0")
-    p.add_argument("--method", default="hybrid", choices=METHODS, help="explainer")
+    p.add_argument("--method", default="hybrid", choices=methods(), help="explainer")
     p.add_argument("--target", type=target_arg, default="predicted", metavar="predicted|N",
                    help="class to explain: the predicted one, or class index N")
     p.add_argument("--out", default="jaxlrp-out", metavar="DIR", help="output folder")
@@ -80,7 +81,7 @@ def add_parser(sub: Any) -> None:
                    help="LRP composite preset for lrp/hybrid (jaxlrp.lrp.composites); "
                         "default: the model's (epsilon_plus_flat for efficientnet-lite0, "
                         "paper for the default model and checkpoints)")
-    p.add_argument("--cam", default=None, choices=HYBRID_CAMS,
+    p.add_argument("--cam", default=None, choices=hybrid_cams(),
                    help="the hybrid's CAM (default gradcam++, the paper's)")
     p.add_argument("--threshold", type=unit_float, default=None,
                    help="the hybrid's CAM denoising threshold (default 0.2)")
@@ -122,7 +123,7 @@ class Plan:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """Check which options apply to ``--method`` and bind them."""
-    method = args.method
+    method = _explainers.canonical(args.method)
     compare = (method == "hybrid") if args.compare is None else bool(args.compare)
     applies = {
         "layer": method != "lrp",
@@ -145,9 +146,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
             options[opt] = value
     hybrid_options = {k: getattr(args, k) for k in ("layer", "composite", "threshold")
                       if getattr(args, k) is not None}
-    cam = args.cam or (method if method in HYBRID_CAMS else None)
+    cam = args.cam or (method if method in hybrid_cams() else None)
     if cam is not None:
-        hybrid_options["cam"] = cam
+        hybrid_options["cam"] = _explainers.canonical(cam)
     return Plan(method, args.target, compare, options, hybrid_options)
 
 
@@ -197,7 +198,7 @@ def save_npy(path: Path, array: Any) -> None:
 
 
 def _title(method: str, target: str | int, classes: Sequence[str]) -> str:
-    name = PANEL_NAMES.get(method, method)
+    name = panel_title(method)
     if target == "predicted":
         return name
     return f"{name} for class {target} ({classes[int(target)]})"
@@ -287,7 +288,7 @@ def write_outputs(out: Path, stem: str, plan: Plan, lm: LoadedModel, x: Any, pre
     tok = file_token(plan.method)
     save_npy(out / f"{stem}_{tok}.npy", maps[plan.method].astype(np.float32))
     if plan.compare:
-        panels = {PANEL_NAMES[k]: maps[k] for k in plan.panels()}
+        panels = {panel_title(k): maps[k] for k in plan.panels()}
         title = stem if plan.target == "predicted" else (
             f"{stem}, target class {plan.target} ({lm.class_names[int(plan.target)]})")
         viz.save(viz.compare(image, panels, class_name=cls, title=title),

@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from jaxlrp import explainers as _explainers
 from jaxlrp.cli.common import _Formatter, _say
-from jaxlrp.explainers import NAMES
 from jaxlrp.lrp.composites import PRESETS
 from jaxlrp.models.registry import CHECKPOINT_COMPOSITE, SHIPPED
 
@@ -57,7 +57,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     _say("datasets: embedded (8 shape classes, 64x64, masks; no download), tfds:NAME "
          "(TensorFlow Datasets, needs the data locally)")
     _say(f"bundled photos: {', '.join(photos.names())}")
-    _say(f"explainers (--method): {', '.join(NAMES)}")
+    _say(f"explainers (--method): {', '.join(_explainers.names())}")
     defaults = ", ".join(f"{e.name} {e.composite}" for e in SHIPPED.values())
     _say(f"LRP composites (--composite): {', '.join(sorted(PRESETS))} (default per model: "
          f"{defaults}, PATH {CHECKPOINT_COMPOSITE})")

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import jax
 import numpy as np
 
 from jaxlrp import _cache
 from jaxlrp.errors import ExplanationError
-
-Explainer = Callable[[Any, jax.Array, Any], jax.Array]
+from jaxlrp.typing import Explainer
 
 
 def _resolve_explainers(explainers: Any) -> dict[str, Explainer]:
@@ -50,20 +48,16 @@ def _resolve_explainers(explainers: Any) -> dict[str, Explainer]:
 
 
 def _resolve_metrics(metrics: Any) -> tuple:
-    from jaxlrp.metrics import Metric, default_suite
+    from jaxlrp.metrics import METRICS, Metric, default_suite
 
     if metrics is None:
         return tuple(default_suite())
-    suite = {m.name: m for m in default_suite()}
     if isinstance(metrics, (str, Metric)):
         metrics = [metrics]
     out = []
     for m in metrics:
         if isinstance(m, str):
-            if m not in suite:
-                raise ExplanationError(f"metrics: unknown metric {m!r}; expected one of "
-                                       f"{list(suite)} or jaxlrp.metrics.Metric objects")
-            m = suite[m]
+            m = METRICS.get(m)  # any registered metric, by name or alias
         if not isinstance(m, Metric):
             raise ExplanationError(
                 f"metrics: expected jaxlrp.metrics.Metric objects or names, got {type(m).__name__}"

@@ -77,7 +77,11 @@ def _run_batch(model, adapter, forward, explain_fns, jit_fns, metrics, images, l
                 f"labels: expected class indices in [0, {num_classes}), got values in "
                 f"[{labels.min()}, {labels.max()}]"
             )
-        t = labels if target == "label" else logits.argmax(-1).astype(np.int32)
+        if isinstance(target, int) and not 0 <= target < num_classes:
+            raise ExplanationError(
+                f"target: expected a class in [0, {num_classes}), got {target}")
+        t = (labels if target == "label" else logits.argmax(-1).astype(np.int32)
+             if target == "predicted" else np.full((b,), target, np.int32))
     except Exception as e:  # the batch itself is bad: nothing can be computed on it
         return {"scores": scores, "targets": np.full((b,), -1, np.int64),
                 "failures": [{"explainer": None, "metric": None, "error": _error_text(e)}],
@@ -115,7 +119,7 @@ def evaluate(
     explainers: Mapping[str, Explainer] | Sequence[str] = DEFAULT_EXPLAINERS,
     metrics: Sequence[Any] | None = None,
     *,
-    target: str = "label",
+    target: str | int = "label",
     batch_size: int = 32,
     key: int | jax.Array = 0,
     out_dir: str | os.PathLike | None = None,
@@ -132,10 +136,13 @@ def evaluate(
         batches (images (b, H, W, C) float, labels (b,) int, masks (b, H, W) bool or None).
       explainers: names from :data:`jaxlrp.explainers.NAMES`, or a dict name ->
         ``explain(model, x, target) -> (B, H, W)`` or ``(B, H, W, C)``.
-      metrics: :class:`jaxlrp.metrics.Metric` objects or their names in the default suite;
+      metrics: :class:`jaxlrp.metrics.Metric` objects or the names of registered metrics
+        (:func:`jaxlrp.metrics.names`);
         None: :func:`jaxlrp.metrics.default_suite`. Metrics needing masks are skipped (with
         a notice) for batches without masks.
-      target: ``"label"`` (explain the true class) or ``"predicted"`` (the model's argmax).
+      target: ``"label"`` (explain the true class), ``"predicted"`` (the model's argmax)
+        or an int (that class for every example): the explainers' spellings plus
+        ``"label"`` (see :mod:`jaxlrp.typing`).
       batch_size: examples per batch when ``data`` is a Dataset.
       key: int seed or ``jax.random`` key. Batch ``i``, metric ``j`` gets
         ``fold_in(fold_in(key, i), j)``: the same draws for every explainer, independent of
@@ -158,8 +165,11 @@ def evaluate(
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (
             batch_size < 1):
         raise ExplanationError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-    if target not in ("label", "predicted"):
-        raise ExplanationError(f"target: expected 'label' or 'predicted', got {target!r}")
+    if not (target in ("label", "predicted") or (
+            isinstance(target, (int, np.integer)) and not isinstance(target, bool))):
+        raise ExplanationError(
+            f"target: expected 'label', 'predicted' or an int class, got {target!r}")
+    target = target if isinstance(target, str) else int(target)
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         root = jax.random.key(int(key))
         key_desc: Any = int(key)

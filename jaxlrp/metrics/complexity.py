@@ -14,8 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxlrp.metrics._common import as_maps, flat, preprocess
+from jaxlrp.metrics.base import metric
 
 
+@metric("Sparseness", category="Complexity", higher_is_better=True)
 def sparseness(a: Any, *, normalise: bool = True, abs: bool = True) -> jax.Array:  # noqa: A002
     """Gini index of each map (Chalasani et al. 2020; Quantus ``Sparseness``) -> (B,).
 
@@ -31,6 +33,7 @@ def sparseness(a: Any, *, normalise: bool = True, abs: bool = True) -> jax.Array
     return ((2 * i - n - 1) * v).sum(-1) / (n * v.sum(-1))
 
 
+@metric("Complexity", category="Complexity", higher_is_better=False)
 def complexity(a: Any, *, normalise: bool = True, abs: bool = True) -> jax.Array:  # noqa: A002
     """Entropy of the map's fractional contributions (Bhatt et al. 2020) -> (B,).
 
@@ -44,6 +47,7 @@ def complexity(a: Any, *, normalise: bool = True, abs: bool = True) -> jax.Array
     return -(p * jnp.log(p + 1e-12)).sum(-1)
 
 
+@metric("EffectiveComplexity", category="Complexity", higher_is_better=False)
 def effective_complexity(a: Any, *, eps: float = 1e-5, normalise: bool = True,
                          abs: bool = True) -> jax.Array:  # noqa: A002
     """Number of features with attribution above ``eps`` (Nguyen & Martinez 2020) -> (B,) int32.

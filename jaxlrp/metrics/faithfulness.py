@@ -51,6 +51,7 @@ from jaxlrp.metrics._common import (
     score_of,
     spearman,
 )
+from jaxlrp.metrics.base import metric
 from jaxlrp.validation import is_concrete
 
 
@@ -60,6 +61,18 @@ def _setup(model: Any, x: Any, y: Any, a: Any, normalise: bool, abs: bool):  # n
     y = check_labels(y, x.shape[0], k)
     a4 = preprocess(prepare_maps(a, x), normalise, abs)
     return x, fwd, params, y, a4
+
+
+def normalised_auc(curves: jax.Array) -> jax.Array:
+    """Area under each curve (B, T) with the steps spread over [0, 1] (trapezoid) -> (B,).
+
+    The per-example score of the curve metrics (:func:`pixel_flipping`,
+    :func:`region_perturbation`) in ``evaluate``; a one-step curve scores its value.
+    """
+    c = jnp.asarray(curves)
+    if c.shape[1] == 1:
+        return c[:, 0]
+    return jnp.trapezoid(c, dx=1.0 / (c.shape[1] - 1), axis=1)
 
 
 def _check_indices(indices: Any, b: int, n: int) -> jax.Array:
@@ -77,6 +90,7 @@ def _check_indices(indices: Any, b: int, n: int) -> jax.Array:
     return idx.astype(jnp.int32)
 
 
+@metric("FaithfulnessCorrelation", category="Faithfulness", higher_is_better=True)
 def faithfulness_correlation(
     model: Any, x: Any, y: Any, a: Any, key: Any = None, *, nr_runs: int = 10,
     subset_size: int = 224, perturb_baseline: Any = "black", similarity: str = "pearson",
@@ -176,6 +190,8 @@ def _check_step(features_in_step: Any, h: int, w: int) -> int:
     return f
 
 
+@metric("PixelFlipping", category="Faithfulness", higher_is_better=False,
+        summary=normalised_auc)
 def pixel_flipping(
     model: Any, x: Any, y: Any, a: Any, *, features_in_step: int = 1,
     perturb_baseline: Any = "black", order: Any = None, normalise: bool = True,
@@ -227,6 +243,7 @@ def curve_auc(curves: Any, dx: float = 1.0) -> jax.Array:
     return jnp.trapezoid(c, dx=dx, axis=1)
 
 
+@metric("Monotonicity", category="Faithfulness", higher_is_better=True)
 def monotonicity(
     model: Any, x: Any, y: Any, a: Any, *, features_in_step: int = 1,
     perturb_baseline: Any = "black", normalise: bool = True, abs: bool = True,  # noqa: A002
@@ -261,6 +278,8 @@ def _padding(dim: int, p: int) -> tuple[int, int]:
     return (t // 2, t - t // 2)
 
 
+@metric("RegionPerturbation", category="Faithfulness", higher_is_better=True,
+        summary=normalised_auc)
 def region_perturbation(
     model: Any, x: Any, y: Any, a: Any, key: Any = None, *, patch_size: int = 8,
     order: str = "morf", regions_evaluation: int = 100, perturb_baseline: Any = "black",

@@ -33,6 +33,7 @@ from jaxlrp.metrics._common import (
     prepare_masks,
     preprocess,
 )
+from jaxlrp.metrics.base import metric
 
 
 def _inputs(a: Any, masks: Any, normalise: bool, abs: bool) -> tuple[jax.Array, jax.Array]:  # noqa: A002
@@ -46,6 +47,7 @@ def _nan_if_empty(score: jax.Array, m: jax.Array) -> jax.Array:
     return jnp.where(m.any(-1), score, jnp.nan)
 
 
+@metric("PointingGame", category="Localisation", higher_is_better=True)
 def pointing_game(a: Any, masks: Any, *, normalise: bool = True,
                   abs: bool = False) -> jax.Array:  # noqa: A002
     """1.0 if a pixel of maximal attribution lies in the mask, else 0.0 (Zhang et al. 2018).
@@ -57,6 +59,7 @@ def pointing_game(a: Any, masks: Any, *, normalise: bool = True,
     return _nan_if_empty(hit.astype(v.dtype), m)
 
 
+@metric("AttributionLocalisation", category="Localisation", higher_is_better=True)
 def attribution_localisation(a: Any, masks: Any, *, positive_attributions: bool = False,
                              normalise: bool = True, abs: bool = True) -> jax.Array:  # noqa: A002
     """Share of attribution inside the mask, inside / (total + 1e-9) (Kohlbrenner et al. 2020).
@@ -72,6 +75,7 @@ def attribution_localisation(a: Any, masks: Any, *, positive_attributions: bool 
     return _nan_if_empty(r, m)
 
 
+@metric("RelevanceMassAccuracy", category="Localisation", higher_is_better=True)
 def relevance_mass_accuracy(a: Any, masks: Any, *, normalise: bool = True,
                             abs: bool = False) -> jax.Array:  # noqa: A002
     """Relevance inside the mask over total relevance (Arras et al. 2022).
@@ -97,6 +101,7 @@ def _top_share(v: jax.Array, m: jax.Array, k: jax.Array) -> jax.Array:
     return m_above + share
 
 
+@metric("RelevanceRankAccuracy", category="Localisation", higher_is_better=True)
 def relevance_rank_accuracy(a: Any, masks: Any, *, normalise: bool = True,
                             abs: bool = False) -> jax.Array:  # noqa: A002
     """Fraction of the |mask| highest-ranked pixels that lie in the mask (Arras et al. 2022)."""
@@ -105,6 +110,7 @@ def relevance_rank_accuracy(a: Any, masks: Any, *, normalise: bool = True,
     return _nan_if_empty(_top_share(v, m, k) / jnp.maximum(k, 1), m)
 
 
+@metric("TopKIntersection", category="Localisation", higher_is_better=True)
 def top_k_intersection(a: Any, masks: Any, *, k: int = 1000, concept_influence: bool = False,
                        normalise: bool = True, abs: bool = False) -> jax.Array:  # noqa: A002
     """Fraction of the k highest-ranked pixels inside the mask (Theiner et al. 2021).
@@ -121,6 +127,7 @@ def top_k_intersection(a: Any, masks: Any, *, k: int = 1000, concept_influence: 
     return _nan_if_empty(tki, m)
 
 
+@metric("AUC", category="Localisation", higher_is_better=True)
 def auc(a: Any, masks: Any, *, normalise: bool = True, abs: bool = False) -> jax.Array:  # noqa: A002
     """Area under the ROC curve of the map as a detector of mask pixels (Fawcett 2006).
 

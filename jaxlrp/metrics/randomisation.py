@@ -34,6 +34,7 @@ from jaxlrp.metrics._common import (
     preprocess,
     similarity_fn,
 )
+from jaxlrp.metrics.base import metric
 from jaxlrp.metrics.robustness import Explainer, _check_explain
 from jaxlrp.validation import is_concrete
 
@@ -45,6 +46,7 @@ def _as_2d(m: jax.Array, x: jax.Array, normalise: bool, abs: bool,  # noqa: A002
     return preprocess(prepare_maps(m, x, name).sum(-1), normalise, abs)
 
 
+@metric("RandomLogit", category="Randomisation", higher_is_better=False)
 def random_logit(
     model: Any, x: Any, y: Any, a: Any, explain: Explainer, key: Any = None, *,
     num_classes: int | None = None, similarity: str = "ssim", normalise: bool = True,
@@ -151,6 +153,8 @@ def _randomised(fwd: Forward, params: Any, layers: list[str], key: jax.Array,
     return jax.tree_util.tree_unflatten(treedef, new)
 
 
+@metric("MPRT", category="Randomisation", higher_is_better=False,
+        aliases=("ModelParameterRandomisation",), summary=functools.partial(jnp.mean, axis=1))
 def model_parameter_randomisation(
     model: Any, x: Any, y: Any, explain: Explainer, key: Any = None, *, a: Any = None,
     mode: str = "cascading", similarity: str = "spearman", normalise: bool = True,

@@ -17,7 +17,6 @@ Explanations are compared as flat vectors after the metric's preprocessing.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -37,9 +36,9 @@ from jaxlrp.metrics._common import (
     prepare_maps,
     preprocess,
 )
+from jaxlrp.metrics.base import metric
+from jaxlrp.typing import Explainer
 from jaxlrp.validation import check_range
-
-Explainer = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
 def _norm(v: jax.Array, kind: str) -> jax.Array:
@@ -70,7 +69,7 @@ def _noise(key, shape, perturb, lower_bound, upper_bound, perturb_std, dtype):
 
 def _sensitivity(model, x, y, a, explain, key, *, nr_samples, lower_bound, upper_bound, norm,
                  perturb, perturb_std, normalise, abs, noise, chunk_size,  # noqa: A002
-                 return_nan_when_prediction_changes, kind, reduce):
+                 return_nan_when_prediction_changes, kind, over_samples):
     x = check_inputs(x)
     fwd, params, k = model_handle(model, x)
     b = x.shape[0]
@@ -101,13 +100,14 @@ def _sensitivity(model, x, y, a, explain, key, *, nr_samples, lower_bound, upper
             )
     return _sens_core(fwd, params, x, y, a4, noise, explain=explain, norm=norm,
                       normalise=normalise, abs=abs, chunk=chunk,
-                      nan_changed=return_nan_when_prediction_changes, kind=kind, reduce=reduce)
+                      nan_changed=return_nan_when_prediction_changes, kind=kind,
+                      over_samples=over_samples)
 
 
 @functools.partial(jax.jit, static_argnames=("fwd", "explain", "norm", "normalise", "abs",
-                                             "chunk", "nan_changed", "kind", "reduce"))
+                                             "chunk", "nan_changed", "kind", "over_samples"))
 def _sens_core(fwd, params, x, y, a4, noise, *, explain, norm, normalise, abs,  # noqa: A002
-               chunk, nan_changed, kind, reduce):
+               chunk, nan_changed, kind, over_samples):
     s, b = noise.shape[:2]
     model = fwd.model(params)
     xp = (x[None] + noise).reshape((s * b,) + x.shape[1:])
@@ -142,7 +142,7 @@ def _sens_core(fwd, params, x, y, a4, noise, *, explain, norm, normalise, abs,  
         p0 = jnp.argmax(fwd.apply(params, x), -1)
         pp = jnp.argmax(batched_apply(lambda z: fwd.apply(params, z), xp, n), -1).reshape(s, b)
         vals = jnp.where(pp == p0[None], vals, jnp.nan)
-    return (jnp.mean if reduce == "mean" else jnp.max)(vals, axis=0)
+    return (jnp.mean if over_samples == "mean" else jnp.max)(vals, axis=0)
 
 
 def _chunked_pairs(f, xs, ys, n):
@@ -156,6 +156,7 @@ def _chunked_pairs(f, xs, ys, n):
     return out.reshape((m * n,) + out.shape[2:])[:total]
 
 
+@metric("AvgSensitivity", category="Robustness", higher_is_better=False)
 def avg_sensitivity(
     model: Any, x: Any, y: Any, a: Any, explain: Explainer, key: Any = None, *,
     nr_samples: int = 10, lower_bound: float = 0.2, upper_bound: float | None = None,
@@ -183,9 +184,10 @@ def avg_sensitivity(
                         perturb=perturb, perturb_std=perturb_std, normalise=normalise, abs=abs,
                         noise=noise, chunk_size=chunk_size,
                         return_nan_when_prediction_changes=return_nan_when_prediction_changes,
-                        kind="sensitivity", reduce="mean")
+                        kind="sensitivity", over_samples="mean")
 
 
+@metric("MaxSensitivity", category="Robustness", higher_is_better=False)
 def max_sensitivity(
     model: Any, x: Any, y: Any, a: Any, explain: Explainer, key: Any = None, *,
     nr_samples: int = 10, lower_bound: float = 0.2, upper_bound: float | None = None,
@@ -202,9 +204,10 @@ def max_sensitivity(
                         perturb=perturb, perturb_std=perturb_std, normalise=normalise, abs=abs,
                         noise=noise, chunk_size=chunk_size,
                         return_nan_when_prediction_changes=return_nan_when_prediction_changes,
-                        kind="sensitivity", reduce="max")
+                        kind="sensitivity", over_samples="max")
 
 
+@metric("LocalLipschitzEstimate", category="Robustness", higher_is_better=False)
 def local_lipschitz_estimate(
     model: Any, x: Any, y: Any, a: Any, explain: Explainer, key: Any = None, *,
     nr_samples: int = 10, perturb_std: float = 0.1, normalise: bool = True,
@@ -220,4 +223,4 @@ def local_lipschitz_estimate(
                         upper_bound=None, norm="l2", perturb="gaussian", perturb_std=perturb_std,
                         normalise=normalise, abs=abs, noise=noise, chunk_size=chunk_size,
                         return_nan_when_prediction_changes=return_nan_when_prediction_changes,
-                        kind="lipschitz", reduce="max")
+                        kind="lipschitz", over_samples="max")
