@@ -21,6 +21,10 @@ LAYERS: dict[str, int] = {
     # 0 base: no jaxlrp imports
     "jaxlrp.errors": 0,
     "jaxlrp.atomic": 0,
+    "jaxlrp._cache": 0,  # the one compile-cache layer
+    "jaxlrp.registry": 0,  # the registry helper every extension point uses
+    "jaxlrp.typing": 0,
+    "jaxlrp.compilation_cache": 0,
     # 1 tracing and validation: the model adapter, input checks, image ops
     "jaxlrp.tracing": 1,
     "jaxlrp.validation": 1,

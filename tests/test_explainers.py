@@ -52,13 +52,23 @@ def test_equal_values_equal_hashes():
     assert isinstance(explainers.get("hybrid"), ExplainerProtocol)
 
 
-def test_unhashable_options_compare_by_identity():
-    comp = jaxlrp.composites.layer_map(conv=jaxlrp.rules.ZPlus(), paths={})  # a dict field
+def test_composite_options_compare_by_value():
+    # composites are hashable values (jaxlrp._cache): equal composites, equal explainers
+    comp = jaxlrp.composites.layer_map(conv=jaxlrp.rules.ZPlus(), paths={"head": None})
+    same = jaxlrp.composites.layer_map(conv=jaxlrp.rules.ZPlus(), paths={"head": None})
     e1 = explainers.get("lrp", composite=comp)
-    assert e1 == explainers.get("lrp", composite=comp) and hash(e1) == hash(
-        explainers.get("lrp", composite=comp))
-    other = jaxlrp.composites.layer_map(conv=jaxlrp.rules.ZPlus(), paths={})
+    assert e1 == explainers.get("lrp", composite=same) and hash(e1) == hash(
+        explainers.get("lrp", composite=same))
+    other = jaxlrp.composites.layer_map(conv=jaxlrp.rules.Gamma(0.25), paths={"head": None})
     assert e1 != explainers.get("lrp", composite=other)
+
+
+def test_unhashable_options_compare_by_identity():
+    canon = [jaxlrp.canonizers.merge_batchnorm]  # a list: unhashable
+    e1 = explainers.get("lrp", canonizers=canon)
+    assert e1 == explainers.get("lrp", canonizers=canon) and hash(e1) == hash(
+        explainers.get("lrp", canonizers=canon))
+    assert e1 != explainers.get("lrp", canonizers=[jaxlrp.canonizers.merge_batchnorm])
 
 
 def test_values_compute_the_functions(setup):
