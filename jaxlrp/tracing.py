@@ -590,7 +590,7 @@ class LinenAdapter(Adapter):
 
 def _flax_message(e: Exception) -> str:
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return re.sub(r"\s*\(https?://[^)]*\)", "", msg).strip()
+    return re.sub(r"\s*\(https?://[^)]*\)", "", msg).strip().rstrip(".")
 
 
 def _linen_error(e: Exception, variables: Any, x: jax.Array, kwargs: dict) -> ExplanationError:
