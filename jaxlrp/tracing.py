@@ -898,7 +898,7 @@ def _token_influence(adapter: Adapter, x: jax.Array, blocks: list[LayerInfo]) ->
 
             return jnp.sum(adapter.apply(params, xr, hook=hook).astype(jnp.float32))
 
-        grads = jax.grad(total)(deltas)
+        grads = jax.jit(jax.grad(total))(deltas)  # one compile, not op-by-op dispatch
         out = []
         for b in blocks:
             h, w, skip = token_grid(b.shape)
