@@ -126,7 +126,7 @@ class NNXOutput(nnx.Module):
         self.softmax = softmax
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return NNXAdapter(self).apply(nnx.state(self), x)
+        return NNXAdapter(self).forward(x)
 
 
 def _check_output_options(output: Any, softmax: Any) -> None:
