@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from flax import nnx
 
 import jaxlrp
@@ -262,3 +263,45 @@ def test_hybrid_cam_path_and_combine_on_a_vit():
 def test_hybrid_validates_tokens_before_tracing():
     with pytest.raises(ExplanationError, match="tokens"):
         jaxlrp.hybrid(vit(), imgs(), tokens=(5, 5))
+
+
+# ----------------------------------------------------------------------------- Linen ViT
+
+
+class LBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = x + nn.MultiHeadDotProductAttention(num_heads=2, name="attn")(
+            nn.LayerNorm(name="norm1")(x))
+        h = nn.gelu(nn.Dense(2 * D, name="fc1")(nn.LayerNorm(name="norm2")(x)))
+        return x + nn.Dense(D, name="fc2")(h)
+
+
+class LViT(nn.Module):
+    """Linen ViT (flax examples style): class token, 2 blocks, final norm, softmax head."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        p = nn.Conv(D, (PATCH, PATCH), strides=PATCH, padding="VALID", name="patch")(x)
+        t = p.reshape(p.shape[0], -1, D)
+        c = self.param("cls", nn.initializers.normal(0.5), (1, 1, D))
+        t = jnp.concatenate([jnp.broadcast_to(c, (t.shape[0], 1, D)), t], axis=1)
+        for i in range(2):
+            t = nn.Dropout(0.1, deterministic=not train)(LBlock(name=f"block_{i}")(t))
+        t = nn.LayerNorm(name="norm")(t)
+        return nn.softmax(nn.Dense(K, name="head")(t[:, 0]))
+
+
+@pytest.mark.slow
+def test_linen_vit_default_layer_and_cam():
+    """Linen paths, a train flag and a softmax head: the same default rule and a CAM equal
+    to the one without the softmax (the logits are explained)."""
+    x = imgs()
+    v = LViT().init(jax.random.key(0), x, train=False)
+    path, shape = cam.resolve_layer(as_adapter((LViT(), v)), x, None)
+    assert path == "block_0" and shape == (2, 4, 4, D)
+    ours = cam.gradcam((LViT(), v), x, T, relu=False, normalize=False, upsample=False)
+    keep = jaxlrp.model((LViT(), v), softmax="keep")
+    probs = cam.gradcam(keep, x, T, relu=False, normalize=False, upsample=False)
+    assert ours.shape == probs.shape == (2, 4, 4)
+    assert float(jnp.abs(ours - probs).max()) > 1e-3 * float(jnp.abs(ours).max())
