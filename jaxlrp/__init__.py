@@ -12,7 +12,10 @@ Main entry points, all pure functions ``(model, x, target) -> map`` that compose
 * :mod:`metrics` and :func:`evaluate` score explanations.
 
 ``model`` is a Flax NNX module, or a Linen module with its variables as a pair
-``(module, variables)`` or :func:`linen` ``(module, variables, **apply_kwargs)``.
+``(module, variables)``, :func:`linen` ``(module, variables, **apply_kwargs)`` or a bound
+module. :func:`model` ``(model, output=..., softmax=...)`` picks the logits of a
+structured output and keeps a final softmax (by default it is stripped: logits are
+explained).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from jaxlrp.errors import ExplanationError, UnsupportedOperationError
 from jaxlrp.hybrid import combine, hybrid
 from jaxlrp.lrp import canonizers, composites, rules
 from jaxlrp.lrp.engine import lrp
-from jaxlrp.tracing import LinenModel, layers, linen
+from jaxlrp.tracing import LinenModel, layers, linen, model
 
 __version__ = "0.1.0"
 
@@ -72,6 +75,7 @@ __all__ = [
     "linen",
     "lrp",
     "metrics",
+    "model",
     "rules",
     "scorecam",
     "xgradcam",

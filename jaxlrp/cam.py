@@ -15,6 +15,14 @@ pytorch-grad-cam 1.5.7 formula for formula:
 =============  ==========================================================================
 
 where ``A`` is the chosen layer's output ``(B, h, w, C)`` and ``g = d logit_t / d A``.
+
+Token models (ViTs): a layer whose output is ``(B, N, D)`` is viewed as a grid
+``(B, h, w, D)`` (:func:`to_grid`): ``N = h*w + extra`` with a square grid and up to
+five leading extra tokens (class, distillation, register tokens), which are dropped from
+both ``A`` and ``g``, as pytorch-grad-cam's ``reshape_transform`` does. ``tokens=(h, w)``
+or ``(h, w, skip)`` sets the grid explicitly (:func:`jaxlrp.tracing.token_grid`). The
+default layer of a token model is the last block whose patch tokens influence the logits
+(:func:`jaxlrp.tracing.default_cam_layer`).
 Post-processing, in pytorch-grad-cam's order: ReLU, per-map min-max normalisation at the
 layer resolution, bilinear resize to the input size (``cv2.resize`` semantics), min-max
 normalisation again. ``relu=False`` / ``normalize=False`` / ``upsample=False`` skip steps.
@@ -47,8 +55,10 @@ from jaxlrp.tracing import (
     apply_checked,
     as_adapter,
     cached_shapes,
+    check_tokens,
     default_cam_layer,
     static_key,
+    token_grid,
 )
 from jaxlrp.validation import (
     Target,
@@ -78,6 +88,7 @@ __all__ = [
     "resolve_layer",
     "scorecam",
     "scorecam_scores",
+    "to_grid",
     "weighted_sum",
     "xgradcam",
     "xgradcam_weights",
@@ -97,12 +108,19 @@ def _model_shapes(adapter: Adapter, x: jax.Array) -> dict:
     )
 
 
-def resolve_layer(adapter: Adapter, x: jax.Array, layer: str | None) -> tuple[str, tuple]:
+def resolve_layer(
+    adapter: Adapter, x: jax.Array, layer: str | None, tokens: Any = None
+) -> tuple[str, tuple]:
     """Check ``layer`` (a module path, or None for the default CAM layer).
 
+    ``tokens``: None, ``(h, w)`` or ``(h, w, skip)`` for a token layer (B, N, D)
+    (:func:`jaxlrp.tracing.token_grid`).
+
     Returns:
-      (path, output shape (B, h, w, C)).
+      (path, shape of the CAM's view of its output, (B, h, w, C)).
     """
+    if tokens is not None:
+        check_tokens(tokens)
     entry = _model_shapes(adapter, x)
     infos = entry["layers"]
     if layer is None:
@@ -126,13 +144,42 @@ def resolve_layer(adapter: Adapter, x: jax.Array, layer: str | None) -> tuple[st
             "choose a module that is called once"
         )
     shape = hits[0].shape
+    if len(shape) == 3 and shape[0] == x.shape[0]:
+        grid = token_grid(shape, tokens, layer)
+        if grid is None:
+            raise ExplanationError(
+                f"layer: {layer!r} outputs tokens of shape {shape}, and {shape[1]} tokens "
+                "are not a square grid plus up to 5 leading class/register tokens; pass "
+                "tokens=(h, w) or (h, w, skip) (grid = tokens skip .. skip + h*w - 1)"
+            )
+        return layer, (shape[0], grid[0], grid[1], shape[2])
     if len(shape) != 4 or shape[0] != x.shape[0]:
         spatial = [i.path for i in infos if len(i.shape) == 4]
+        tok = [i.path for i in infos if token_grid(i.shape) is not None]
         raise ExplanationError(
-            f"layer: {layer!r} outputs shape {shape}, expected a spatial map (B, h, w, C); "
-            f"layers with spatial outputs: {spatial}"
+            f"layer: {layer!r} outputs shape {shape}, expected a spatial map (B, h, w, C) "
+            f"or tokens (B, N, D) on a grid; layers with spatial outputs: {spatial}; "
+            f"with token outputs: {tok}"
+        )
+    if tokens is not None:
+        raise ExplanationError(
+            f"tokens: {layer!r} outputs a spatial map {shape}, not tokens (B, N, D); "
+            "pass tokens=None"
         )
     return layer, shape
+
+
+def to_grid(a: jax.Array, tokens: Any = None) -> jax.Array:
+    """The CAM's view of a layer output: (B, h, w, C) unchanged; tokens (B, N, D) ->
+    (B, h, w, D), dropping the extra tokens (:func:`jaxlrp.tracing.token_grid`)."""
+    if a.ndim != 3:
+        return a
+    grid = token_grid(a.shape, tokens)
+    if grid is None:
+        raise ExplanationError(f"layer: token output of shape {a.shape} has no grid; "
+                               "pass tokens=(h, w) or (h, w, skip)")
+    h, w, skip = grid
+    return a[:, skip:skip + h * w].reshape(a.shape[0], h, w, a.shape[2])
 
 
 def _target_scores(logits: jax.Array, t: jax.Array) -> jax.Array:
@@ -142,7 +189,8 @@ def _target_scores(logits: jax.Array, t: jax.Array) -> jax.Array:
 
 
 def activations_and_gradients(
-    adapter: Adapter, params: Any, x: jax.Array, target: Target, layer: str
+    adapter: Adapter, params: Any, x: jax.Array, target: Target, layer: str,
+    tokens: Any = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Layer activations and the gradient of the target logits w.r.t. them.
 
@@ -155,8 +203,10 @@ def activations_and_gradients(
       x: (B, H, W, C) images.
       target: int, (B,) ints or "predicted".
       layer: module path of the layer (see :func:`resolve_layer`).
+      tokens: grid of a token layer (:func:`to_grid`).
     Returns:
-      (A, dA, logits): (B, h, w, C), (B, h, w, C), (B, K).
+      (A, dA, logits): (B, h, w, C), (B, h, w, C), (B, K); a token layer's
+      (B, N, D) output and gradient are returned on their grid (:func:`to_grid`).
     """
     shape = jax.eval_shape(lambda p, xx: _capture(adapter, p, xx, layer), params, x)
     delta0 = jnp.zeros(shape.shape, shape.dtype)
@@ -176,7 +226,7 @@ def activations_and_gradients(
 
     _, vjp, (acts, logits) = jax.vjp(score, delta0, has_aux=True)
     (grads,) = vjp(jnp.ones((), logits.dtype))
-    return acts, grads, logits
+    return to_grid(acts, tokens), to_grid(grads, tokens), logits
 
 
 def _capture(adapter: Adapter, params: Any, x: jax.Array, layer: str) -> jax.Array:
@@ -264,25 +314,28 @@ def _jittable(model: Any) -> Any:
         return model
     if isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
         return LinenModel(model[0], model[1])
+    if isinstance(model, nn.Module) and model.scope is not None:  # bound
+        return LinenModel(*model.unbind())
     return None
 
 
 def _explain(
     model: Any, x: Any, target: Target, layer: str | None, method: str, relu: bool,
-    upsample: bool, normalize: bool, opts: tuple = (),
+    upsample: bool, normalize: bool, opts: tuple = (), tokens: Any = None,
 ) -> jax.Array:
     """Validate at the boundary, then run the (cached) jitted explainer."""
     adapter = as_adapter(model)
     x = check_images(x, "x")
     logits = _model_shapes(adapter, x)["logits"]
-    layer, _ = resolve_layer(adapter, x, layer)
+    layer, _ = resolve_layer(adapter, x, layer, tokens)
+    tokens = None if tokens is None else tuple(int(t) for t in tokens)
     if isinstance(target, str):
         resolve_targets(target, jnp.zeros((1, 1)))  # only checks the string
         predicted, target = True, None
     else:
         predicted, target = False, resolve_targets(target, logits)
     static = dict(method=method, layer=layer, predicted=predicted, relu=relu,
-                  upsample=upsample, normalize=normalize, opts=opts)
+                  upsample=upsample, normalize=normalize, opts=opts, tokens=tokens)
     tree = _jittable(model)
     if tree is None or not all_concrete(tree, x, target):
         return _explain_core(adapter if tree is None else tree, x, target, **static)
@@ -298,15 +351,16 @@ def _explain_cached(static: dict, tree: Any, x: jax.Array, target: Any) -> jax.A
 def _explain_core(
     model: Any, x: jax.Array, target: jax.Array | None, *, method: str, layer: str,
     predicted: bool, relu: bool, upsample: bool, normalize: bool, opts: tuple,
+    tokens: tuple | None = None,
 ) -> jax.Array:
     adapter = as_adapter(model)
     target = "predicted" if predicted else target
     opts = dict(opts)
     if method == "scorecam":
-        cam, t, k = _scorecam_raw(adapter, x, target, layer, **opts)
+        cam, t, k = _scorecam_raw(adapter, x, target, layer, tokens=tokens, **opts)
     else:
         acts, grads, logits = activations_and_gradients(adapter, adapter.params, x, target,
-                                                        layer)
+                                                        layer, tokens)
         t, k = resolve_targets(target, logits), logits.shape[-1]
         cam = CAMS.get(method).map(acts, grads, **opts)
     cam = postprocess(cam, x.shape[1:3], relu=relu, upsample=upsample, normalize=normalize)
@@ -390,7 +444,8 @@ def _bind_options(method: CAMMethod, options: dict[str, Any]) -> tuple[tuple[str
 
 def explain_cam(
     method: str, model: Any, x: Any, target: Target = "predicted", layer: str | None = None,
-    *, relu: bool = True, upsample: bool = True, normalize: bool = True, **options: Any,
+    *, relu: bool = True, upsample: bool = True, normalize: bool = True, tokens: Any = None,
+    **options: Any,
 ) -> jax.Array:
     """The CAM method registered as ``method`` (see :data:`CAMS`), with its ``options``.
 
@@ -399,7 +454,8 @@ def explain_cam(
     """
     entry = CAMS.get(method)
     opts = _bind_options(entry, options)
-    return _explain(model, x, target, layer, entry.name, relu, upsample, normalize, opts)
+    return _explain(model, x, target, layer, entry.name, relu, upsample, normalize, opts,
+                    tokens)
 
 
 @register_cam("gradcam", title="Grad-CAM")
@@ -428,10 +484,14 @@ _ARGS_DOC = """
       x: (B, H, W, C) floating images.
       target: class per example: an int, a (B,) int array or "predicted" (argmax).
       layer: module path of the layer to explain (see ``jaxlrp.layers(model, x)``);
-        None picks the last spatial layer with parameters.
+        None picks the last spatial layer with parameters (CNNs) or the last block
+        whose patch tokens influence the logits (ViTs).
       relu: apply ReLU to the map.
       upsample: resize bilinearly to (H, W) (cv2.resize semantics).
       normalize: min-max normalise each map to [0, 1] (constant maps become 0).
+      tokens: for a token layer (B, N, D): None (a square grid after up to 5 leading
+        class/register tokens), ``(h, w)`` or ``(h, w, skip)`` (grid = tokens
+        ``skip .. skip + h*w - 1``; the others are dropped).
     Returns:
       (B, H, W) maps ((B, h, w) with ``upsample=False``); NaN for examples whose input
       has NaN/Inf or whose target is out of range (only when traced; eager input raises).
@@ -440,54 +500,58 @@ _ARGS_DOC = """
 
 def gradcam(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
-    relu: bool = True, upsample: bool = True, normalize: bool = True,
+    relu: bool = True, upsample: bool = True, normalize: bool = True, tokens: Any = None,
 ) -> jax.Array:
     return explain_cam("gradcam", model, x, target, layer, relu=relu, upsample=upsample,
-                       normalize=normalize)
+                       normalize=normalize, tokens=tokens)
 
 
 def gradcam_pp(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
     relu: bool = True, upsample: bool = True, normalize: bool = True, eps: float = 1e-6,
+    tokens: Any = None,
 ) -> jax.Array:
     return explain_cam("gradcam++", model, x, target, layer, relu=relu, upsample=upsample,
-                       normalize=normalize, eps=eps)
+                       normalize=normalize, eps=eps, tokens=tokens)
 
 
 def xgradcam(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
     relu: bool = True, upsample: bool = True, normalize: bool = True, eps: float = 1e-7,
+    tokens: Any = None,
 ) -> jax.Array:
     return explain_cam("xgradcam", model, x, target, layer, relu=relu, upsample=upsample,
-                       normalize=normalize, eps=eps)
+                       normalize=normalize, eps=eps, tokens=tokens)
 
 
 def layercam(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
-    relu: bool = True, upsample: bool = True, normalize: bool = True,
+    relu: bool = True, upsample: bool = True, normalize: bool = True, tokens: Any = None,
 ) -> jax.Array:
     return explain_cam("layercam", model, x, target, layer, relu=relu, upsample=upsample,
-                       normalize=normalize)
+                       normalize=normalize, tokens=tokens)
 
 
 def hirescam(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
-    relu: bool = True, upsample: bool = True, normalize: bool = True,
+    relu: bool = True, upsample: bool = True, normalize: bool = True, tokens: Any = None,
 ) -> jax.Array:
     return explain_cam("hirescam", model, x, target, layer, relu=relu, upsample=upsample,
-                       normalize=normalize)
+                       normalize=normalize, tokens=tokens)
 
 
 def scorecam(
     model: Any, x: Any, target: Target = "predicted", layer: str | None = None, *,
     relu: bool = True, upsample: bool = True, normalize: bool = True, chunk_size: int = 32,
+    tokens: Any = None,
 ) -> jax.Array:
     return explain_cam("scorecam", model, x, target, layer, relu=relu, upsample=upsample,
-                       normalize=normalize, chunk_size=chunk_size)
+                       normalize=normalize, chunk_size=chunk_size, tokens=tokens)
 
 
 def _scorecam_raw(
-    adapter: Adapter, x: jax.Array, target: Target, layer: str, chunk_size: int
+    adapter: Adapter, x: jax.Array, target: Target, layer: str, chunk_size: int,
+    tokens: tuple | None = None,
 ) -> tuple[jax.Array, jax.Array, int]:
     """Score-CAM map (B, h, w) before post-processing, the targets (B,) and K."""
     params = adapter.params
@@ -499,7 +563,7 @@ def _scorecam_raw(
         return out
 
     logits = adapter.apply(params, x, hook=hook)
-    acts = seen[0]
+    acts = to_grid(seen[0], tokens)
     t = resolve_targets(target, logits)
     scores = scorecam_scores(adapter, params, x, acts, t, chunk_size)
     weights = jax.nn.softmax(scores, axis=-1)

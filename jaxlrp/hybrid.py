@@ -167,6 +167,7 @@ def hybrid(
     ksize: int = 5,
     sigma: float = 4.0,
     return_parts: bool = False,
+    tokens: Any = None,
 ) -> Any:
     """The hybrid explanation: denoised CAM x channel-reduced LRP, blurred.
 
@@ -176,13 +177,16 @@ def hybrid(
       target: an int, a (B,) int array or ``"predicted"``.
       cam: ``gradcam++`` (paper), ``gradcam``, ``xgradcam``, ``layercam``, ``hirescam`` or
         any method registered with :func:`jaxlrp.cam.register_cam` (:func:`cam_methods`).
-      layer: CAM layer path; None is the last spatial layer with parameters.
+      layer: CAM layer path; None is the last spatial layer with parameters (CNNs) or
+        the last block whose patch tokens influence the logits (ViTs).
       threshold: denoising threshold in [0, 1].
       composite: LRP composite (None: :func:`jaxlrp.lrp.composites.paper`).
       canonizers: LRP canonizers (None: BatchNorm folding).
       reduce: channel reduction of the relevance (``mean``: signed mean, the paper's).
       ksize: odd Gaussian kernel size; sigma: its standard deviation (> 0).
       return_parts: return :class:`HybridParts` with every intermediate map.
+      tokens: grid of a token CAM layer (B, N, D): None (automatic), ``(h, w)`` or
+        ``(h, w, skip)`` (see :func:`jaxlrp.cam.to_grid`).
     Returns:
       (B, H, W) maps in [0, 1] (NaN for examples with non-finite input or an
       out-of-range target under a trace; eager calls raise instead).
@@ -196,9 +200,11 @@ def hybrid(
     canon = tuple(C.default() if canonizers is None else canonizers)
     adapter = as_adapter(model)
     out = apply_checked(adapter, x)
-    layer, _ = _cam.resolve_layer(adapter, x, layer)
+    layer, _ = _cam.resolve_layer(adapter, x, layer, tokens)
+    tokens = None if tokens is None else tuple(int(v) for v in tokens)
     t = static_targets(target, x.shape[0], out.shape[-1])
-    opts = (cam, layer, float(threshold), reduce, int(ksize), float(sigma), return_parts)
+    opts = (cam, layer, float(threshold), reduce, int(ksize), float(sigma), return_parts,
+            tokens)
     if not all_concrete(adapter.params, x, t):
         return _hybrid(adapter, comp, canon, opts, adapter.params, x, t)
     # eager: one compile per structure; composite/canonizer arrays are arguments
@@ -214,11 +220,11 @@ def _hybrid_cached(adapter, cstat, kstat, opts, params, carrays, karrays, x, t):
 
 
 def _hybrid(adapter, comp, canon, opts, params, x, t):
-    method, layer, threshold, reduce, ksize, sigma, return_parts = opts
+    method, layer, threshold, reduce, ksize, sigma, return_parts, tokens = opts
     rx, acts, grads, logits, t = lrp_with_layer_gradient(
         adapter, comp, canon, "logit", params, x, t, layer
     )
-    cam_map = _cam.CAMS.get(method).map(acts, grads)
+    cam_map = _cam.CAMS.get(method).map(_cam.to_grid(acts, tokens), _cam.to_grid(grads, tokens))
     cam_map = _cam.postprocess(cam_map, x.shape[1:3], relu=True, upsample=True, normalize=True)
     parts = combine_parts(cam_map, rx, threshold=threshold, reduce=reduce, ksize=ksize,
                           sigma=sigma)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from flax import nnx
 
 import jaxlrp
@@ -73,6 +74,56 @@ class GatedNet(nnx.Module):
     def __call__(self, x):
         h = self.a(x) * nnx.sigmoid(self.b(x))
         return self.head(h.mean(axis=(1, 2)))
+
+
+class OutNet(nnx.Module):
+    """A conv net whose output is chosen by ``final`` (structured outputs, softmax)."""
+
+    def __init__(self, final: str):
+        self.conv = nnx.Conv(3, 4, (3, 3), rngs=nnx.Rngs(0))
+        self.head = nnx.Linear(4, K, rngs=nnx.Rngs(1))
+        self.shift = nnx.Param(jnp.ones((K,)))
+        self.final = final
+
+    def __call__(self, x):
+        h = nnx.relu(self.conv(x)).mean(axis=(1, 2))
+        z = self.head(h)
+        if self.final == "tuple":
+            return h, z
+        if self.final == "dict":
+            return {"features": h, "scores": z}
+        # softmax of the head output plus a parameter: not one submodule's output
+        return jax.nn.softmax(z + self.shift[...])
+
+
+class TokenNet(nnx.Module):
+    """A VALID 6x4 conv to a 3x5 grid = 15 tokens (not a square grid plus up to 5
+    extra tokens), a token mixer, a head."""
+
+    def __init__(self):
+        self.patch = nnx.Conv(3, 4, (6, 4), padding="VALID", rngs=nnx.Rngs(0))
+        self.mix = nnx.Linear(4, 4, rngs=nnx.Rngs(1))
+        self.head = nnx.Linear(4, K, rngs=nnx.Rngs(2))
+
+    def __call__(self, x):
+        p = self.patch(x)
+        t = self.mix(p.reshape(p.shape[0], -1, 4))
+        return self.head(nnx.relu(t).mean(axis=1))
+
+
+class LTrain(nn.Module):
+    """The flax ImageNet-example style: a ``train`` flag and BatchNorm."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = nn.Conv(4, (3, 3))(x)
+        x = nn.BatchNorm(use_running_average=not train)(x)
+        return nn.Dense(K)(nn.relu(x).mean(axis=(1, 2)))
+
+
+@functools.cache
+def ltrain_vars():
+    return LTrain().init(jax.random.key(0), jnp.zeros((1, S, S, 3)), train=False)
 
 
 # ----------------------------------------------------------------------------- files
@@ -236,6 +287,43 @@ CASES = [
     ("model-function", lambda t: jaxlrp.hybrid(lambda x: x.sum((1, 2)), imgs()),
      ExplanationError, "model"),
     ("model-dict", lambda t: jaxlrp.gradcam({"params": {}}, imgs()), ExplanationError, "model"),
+    # outputs and modes
+    ("output-tuple-no-logits", lambda t: jaxlrp.gradcam(OutNet("tuple"), imgs()),
+     ExplanationError, "output: the model returns a tuple of 2"),
+    ("output-dict-no-logits", lambda t: jaxlrp.lrp(OutNet("dict"), imgs()),
+     ExplanationError, "'scores' (2, 3)"),
+    ("output-missing-key",
+     lambda t: jaxlrp.hybrid(jaxlrp.model(OutNet("dict"), output="logit"), imgs()),
+     ExplanationError, "output: no key or attribute 'logit'"),
+    ("output-index-range", lambda t: jaxlrp.gradcam(jaxlrp.model(OutNet("tuple"), output=2),
+                                                    imgs()), ExplanationError, "output"),
+    ("output-not-array", lambda t: jaxlrp.lrp(jaxlrp.model(OutNet("tuple"),
+                                                           output=lambda o: o), imgs()),
+     ExplanationError, "output: the selected output"),
+    ("output-selector-type", lambda t: jaxlrp.model(vgg(), output=1.5), ExplanationError,
+     "output"),
+    ("softmax-mode", lambda t: jaxlrp.model(vgg(), softmax="drop"), ExplanationError,
+     "softmax"),
+    ("softmax-not-from-a-module", lambda t: jaxlrp.lrp(OutNet("softmax"), imgs()),
+     ExplanationError, "softmax='keep'"),
+    ("linen-train-true",
+     lambda t: jaxlrp.gradcam(jaxlrp.linen(LTrain(), ltrain_vars(), train=True), imgs()),
+     ExplanationError, "jaxlrp.linen(module, variables, train=False)"),
+    ("linen-no-batch-stats",
+     lambda t: jaxlrp.lrp((LTrain(), {"params": ltrain_vars()["params"]}), imgs()),
+     ExplanationError, "'batch_stats'"),
+    ("linen-nchw",
+     lambda t: jaxlrp.gradcam((LTrain(), ltrain_vars()), imgs().transpose(0, 3, 1, 2)),
+     ExplanationError, "x: the linen model's parameters do not fit"),
+    ("layer-tokens-no-grid", lambda t: jaxlrp.gradcam(TokenNet(), imgs(), layer="mix"),
+     ExplanationError, "layer: 'mix' outputs tokens of shape (2, 15, 4)"),
+    ("tokens-spec", lambda t: jaxlrp.gradcam(TokenNet(), imgs(), layer="mix", tokens=(0, 4)),
+     ExplanationError, "tokens"),
+    ("tokens-grid-too-big",
+     lambda t: jaxlrp.layercam(TokenNet(), imgs(), layer="mix", tokens=(4, 4)),
+     ExplanationError, "tokens"),
+    ("tokens-on-spatial-layer", lambda t: jaxlrp.gradcam(vgg(), imgs(), tokens=(2, 2)),
+     ExplanationError, "tokens"),
     # checkpoints
     ("ckpt-missing", lambda t: checkpoint.load(t / "none.msgpack"), ExplanationError, "path"),
     ("ckpt-corrupt", lambda t: checkpoint.load(corrupt_checkpoint(t)), ExplanationError,
