@@ -15,7 +15,7 @@ from flax import nnx
 import jaxlrp
 from jaxlrp import cam
 from jaxlrp.errors import ExplanationError
-from jaxlrp.hybrid import CAM_METHODS, combine
+from jaxlrp.hybrid import combine
 from jaxlrp.tracing import as_adapter, token_grid
 
 SIZE, PATCH, D, K = 16, 4, 16, 3  # 4x4 patch grid
@@ -234,7 +234,7 @@ def test_unmappable_token_layer_error_names_shape_and_override_works():
 
 
 def test_hybrid_cam_path_and_combine_on_a_vit():
-    """The hybrid's CAM step (its CAM_METHODS on the grid view, then postprocess) equals
+    """The hybrid's CAM step (its registered CAM map on the grid view, then postprocess) equals
     cam.gradcam on a ViT, and ``combine`` makes a valid hybrid map from it.
     (The hybrid's LRP part on attention needs the attention rules of another branch.)"""
     m, x = vit(), imgs()
@@ -250,7 +250,7 @@ def test_hybrid_cam_path_and_combine_on_a_vit():
     ad.apply(ad.params, x, hook=hook)
     assert seen[0].shape == (2, 17, D)  # the raw token output the LRP engine hands over
     a, g, _ = cam.activations_and_gradients(ad, ad.params, x, T, layer)
-    cam_map = cam.postprocess(CAM_METHODS["gradcam"](a, g), x.shape[1:3], relu=True,
+    cam_map = cam.postprocess(cam.CAMS.get("gradcam").map(a, g), x.shape[1:3], relu=True,
                               upsample=True, normalize=True)
     np.testing.assert_allclose(cam_map, cam.gradcam(m, x, T), atol=1e-6)
     assert float(cam_map.max()) == pytest.approx(1.0)
