@@ -23,7 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-RESULTS = Path(__file__).resolve().parent / "results"
+#: Where results go; ``JAXLRP_BENCH_RESULTS=/some/dir`` redirects them (test runs on a
+#: noisy machine go to a scratch folder, not over the published figures).
+RESULTS = Path(os.environ.get("JAXLRP_BENCH_RESULTS")
+               or Path(__file__).resolve().parent / "results")
 
 # ----------------------------------------------------------------------------- timing
 
