@@ -139,7 +139,7 @@ def xla_max(
 _IMPL = {"xla": xla_max, "select": window_max}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mixed(forward: str, derivative: str, dims: tuple, strides: tuple, padding: tuple):
     """A function ``x -> max-pool`` whose values come from ``forward`` and whose jvp
     (hence vjp, by transposition) is that of ``derivative``."""
