@@ -9,6 +9,7 @@ floor(LRP)     forward pass + the z+ forward (the network with the paper
                unchanged as Epsilon(0) keeps them) + its transposed pass (the input
                gradient of that network: transposed convolutions only)
 floor(hybrid)  the union: one forward shared by the CAM's backward and the z+ passes
+floor(grad)    forward pass + backward pass to the input (a gradient x input map)
 =============  =================================================================
 
 Each floor is one function, jitted by the caller, that does exactly that work: every
@@ -31,6 +32,7 @@ from jaxlrp.lrp import fast_forward
 from jaxlrp.tracing import as_adapter
 
 FLOORS = ("forward", "cam", "lrp", "hybrid")
+#: also available: ``gradient`` (forward + backward to the input: a saliency map's floor)
 
 
 def _positive(w: jax.Array) -> jax.Array:
@@ -57,8 +59,8 @@ def floor_fn(kind: str, model_of: Callable[[Any], Any], layer: str | None,
     Returns:
       a function of (state, x (B,H,W,C), t (B,)) returning arrays that depend on every pass.
     """
-    if kind not in FLOORS:
-        raise ValueError(f"kind: expected one of {FLOORS}, got {kind!r}")
+    if kind not in FLOORS + ("gradient",):
+        raise ValueError(f"kind: expected one of {FLOORS + ('gradient',)}, got {kind!r}")
 
     def run_with_delta(adapter, params, x, delta):
         def fn(p, xx, d):
@@ -94,6 +96,11 @@ def floor_fn(kind: str, model_of: Callable[[Any], Any], layer: str | None,
         params = adapter.params
         if kind == "forward":
             return fast_forward.call(adapter.apply, params, x, pool=pool)
+        if kind == "gradient":
+            logits, back = jax.vjp(
+                lambda xx: fast_forward.call(adapter.apply, params, xx, pool=pool), x)
+            (g,) = back(_onehot(logits, t))
+            return g * x
         if kind == "lrp":
             logits = fast_forward.call(adapter.apply, params, x, pool=pool)
             return zplus_transposed(adapter, params, x, logits, t)
