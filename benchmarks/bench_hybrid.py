@@ -143,19 +143,23 @@ def jax_side(model, x, t, reps: int, floor_pools: str = "all", tolerant: bool = 
     return res
 
 
+NO_PEERS = False  # --no-peers: JAX side only (a machine without captum / grad-cam)
+TORCH_DEVICE = "cpu"  # --torch-device: where the peers run (cuda on a GPU machine)
+
+
 def torch_side(tmodel, xt, t, cam_layer, reps: int) -> dict:
     fns = {
         "forward": lambda: U.torch_forward(tmodel, xt),
         "input_gradient": lambda: U.torch_input_gradient(tmodel, xt, t),
         "gradcam_pp": lambda: U.peer_gradcam_pp(tmodel, xt, t, cam_layer),
         "lrp": lambda: U.peer_lrp(tmodel, xt, t),
-        "hybrid": lambda: U.peer_hybrid(tmodel, xt, t, cam_layer),
+        "hybrid": lambda: U.peer_hybrid_on_device(tmodel, xt, t, cam_layer),
     }
     res = {}
     for name, fn in fns.items():
         res[name] = U.timeit(fn, reps=reps)
         print(f"  torch {name:15s} median {res[name]['median']:.4f} s", flush=True)
-    res["_maps"] = U.peer_hybrid(tmodel, xt, t, cam_layer)
+    res["_maps"] = U.peer_hybrid_on_device(tmodel, xt, t, cam_layer)
     return res
 
 
@@ -206,11 +210,13 @@ def run(name, desc, model, tmodel, x, xt, cam_layer, reps, floor_pools="all") ->
     print(f"[{name}] batch {b}: {desc}", flush=True)
     logits_j = np.asarray(model(jnp.asarray(x)))
     t = logits_j.argmax(-1).astype(np.int32)
-    j = jax_side(model, x, t, reps, floor_pools, tolerant=tmodel is None)
+    j = jax_side(model, x, t, reps, floor_pools, tolerant=tmodel is None or NO_PEERS)
     out = {"workload": name, "model": desc, "batch": b, "image": list(x.shape[1:]), "jax": j}
-    if tmodel is not None:
+    if tmodel is not None and not NO_PEERS:
+        tmodel, xt = tmodel.to(TORCH_DEVICE), xt.to(TORCH_DEVICE)  # cam_layer moves with it
+        out["torch_device"] = TORCH_DEVICE
         with torch.no_grad():
-            logits_t = tmodel(xt).numpy()
+            logits_t = tmodel(xt).cpu().numpy()
         p = torch_side(tmodel, xt, t, cam_layer, reps)
         ours, theirs = j.pop("_maps"), np.clip(p.pop("_maps"), 0, 1)
         out.update({"twin_logits_max_abs_diff": float(np.abs(logits_t - logits_j).max()),
@@ -348,9 +354,13 @@ def main(argv=None) -> None:
     ap.add_argument("--vit-config", choices=tuple(VIT_CONFIGS), default="default")
     ap.add_argument("--floor-pools", choices=("rule", "all"), default=None,
                     help="floors with the library's pooling rule only, or with every lowering")
+    ap.add_argument("--torch-device", default="cpu", help="cpu or cuda: where the peers run")
+    ap.add_argument("--no-peers", action="store_true", help="time the JAX side only")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--name", default="bench_hybrid", help="results file name")
     args = ap.parse_args(argv)
+    global TORCH_DEVICE, NO_PEERS
+    TORCH_DEVICE, NO_PEERS = args.torch_device, args.no_peers
     reps = args.reps or (2 if args.tiny else 3 if args.quick else 5)
     small_batch = args.small_batch or (8 if args.tiny else 256)
     vgg_batches = args.vgg_batches or ([1] if args.tiny else [8] if args.quick else [8, 32])

@@ -69,18 +69,23 @@ def jax_saliency(model, x, target):
     return jnp.abs(jax.grad(out)(x) * x).sum(-1)
 
 
+TORCH_DEVICE = "cpu"  # --torch-device: where the model of the Quantus side runs
+
+
 def torch_saliency(model, inputs, targets, **kwargs):
-    x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32).requires_grad_()
+    x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32,
+                        device=TORCH_DEVICE).requires_grad_()
     out = model(x)
-    out[torch.arange(len(x)), torch.as_tensor(np.asarray(targets))].sum().backward()
+    idx = torch.as_tensor(np.asarray(targets), device=TORCH_DEVICE)
+    out[torch.arange(len(x), device=TORCH_DEVICE), idx].sum().backward()
     return (x.grad * x).abs().sum(1, keepdim=True).detach().numpy()
 
 
 def peer_explain_factory(cam_layer):
     def explain(model, inputs, targets, **kwargs):
-        xt = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
+        xt = torch.as_tensor(np.asarray(inputs), dtype=torch.float32, device=TORCH_DEVICE)
         t = np.asarray(targets).reshape(-1).astype(np.int64)
-        return U.peer_hybrid(model, xt, t, cam_layer)[:, None]
+        return U.peer_hybrid_on_device(model, xt, t, cam_layer)[:, None]
     return explain
 
 
@@ -126,6 +131,7 @@ def quantus_suite(num_classes: int) -> dict:
 
 
 def run(name, desc, model, tmodel, x, masks, cam_layer, explainer: str, reps: int) -> dict:
+    tmodel = tmodel.to(TORCH_DEVICE)  # the CAM layer is one of its modules: it moves too
     b = len(x)
     print(f"[{name}] batch {b}, explainer {explainer}: {desc}", flush=True)
     xj = jnp.asarray(x)
@@ -152,7 +158,7 @@ def run(name, desc, model, tmodel, x, masks, cam_layer, explainer: str, reps: in
         def qfn(q=q):
             return q(model=tmodel, x_batch=xc, y_batch=y, a_batch=a[:, None],
                      s_batch=masks[:, None], channel_first=True, explain_func=texp,
-                     device="cpu", batch_size=b)
+                     device=TORCH_DEVICE, batch_size=b)
         # Quantus is plain Python/NumPy/PyTorch: no compilation, so fewer reps suffice.
         res["quantus"][mname] = U.timeit(qfn, reps=max(1, reps - 1), warmup=0)
         res["scores"][mname]["quantus_mean"] = float(np.nanmean(np.asarray(qfn(), float)))
@@ -245,8 +251,11 @@ def main(argv=None) -> None:
     ap.add_argument("--vgg-batch", type=int, default=8)
     ap.add_argument("--explainer", choices=("hybrid", "saliency"), default="hybrid")
     ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--torch-device", default="cpu", help="cpu or cuda: Quantus's model")
     ap.add_argument("--name", default="bench_metrics")
     args = ap.parse_args(argv)
+    global TORCH_DEVICE
+    TORCH_DEVICE = args.torch_device
     workload = args.workload or ("small" if args.quick or args.tiny else "both")
     batch = args.batch or (8 if args.tiny else 64 if args.quick else 256)
     reps = args.reps or (1 if args.tiny else 2 if args.quick else 3)
