@@ -346,8 +346,8 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="fewer reps; VGG16 at batch 8 only")
     ap.add_argument("--tiny", action="store_true",
                     help="a smoke test: small batch 8, VGG16 batch 1, 2 reps, rule floors")
-    ap.add_argument("--workload", choices=("small", "vgg16", "vit", "both", "all"),
-                    default="both", help="both = small + vgg16; all = small + vgg16 + vit")
+    ap.add_argument("--workload", choices=("small", "vgg16", "vit", "both", "all"), nargs="+",
+                    default=["both"], help="both = small + vgg16; all = small + vgg16 + vit")
     ap.add_argument("--small-batch", type=int, default=None)
     ap.add_argument("--vgg-batches", type=int, nargs="+", default=None)
     ap.add_argument("--vit-batch", type=int, default=None)
@@ -359,6 +359,9 @@ def main(argv=None) -> None:
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--name", default="bench_hybrid", help="results file name")
     args = ap.parse_args(argv)
+    work = set(args.workload)
+    work |= {"small", "vgg16"} if work & {"both", "all"} else set()
+    work |= {"vit"} if "all" in work else set()
     global TORCH_DEVICE, NO_PEERS
     TORCH_DEVICE, NO_PEERS = args.torch_device, args.no_peers
     reps = args.reps or (2 if args.tiny else 3 if args.quick else 5)
@@ -372,13 +375,13 @@ def main(argv=None) -> None:
           f"torch threads {torch.get_num_threads()}", flush=True)
     t0 = time.time()
     results = []
-    if args.workload in ("small", "both", "all"):
+    if "small" in work:
         results.append(workload_small(small_batch, reps, floor_pools))
-    if args.workload in ("vgg16", "both", "all"):
+    if "vgg16" in work:
         for b in vgg_batches:
             results.append(workload_vgg16(b, max(2, reps - 2) if b >= 32 else reps,
                                           floor_pools))
-    if args.workload in ("vit", "all"):
+    if "vit" in work:
         r = workload_vit(vit_batch, reps, floor_pools, args.vit_config)
         if r is not None:
             results.append(r)
