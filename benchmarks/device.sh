@@ -5,7 +5,8 @@
 # device kind, e.g. nvidia_h200) and results/device_<device>_summary.md.
 #
 #   benchmarks/device.sh            # on the device machine (from the repository root)
-#   benchmarks/device.sh --quick    # shrunk sizes: a smoke test on a CPU in a few minutes
+#   benchmarks/device.sh --quick    # shrunk sizes: a CPU smoke test (about 5 minutes on 2
+#                                   # quiet cores; 15 to 20 with the cores shared 10 ways)
 #
 # Steps (full form):
 #   hybrid   bench_hybrid.py: small model batch 256, VGG16 batch 64, the ViT (if
@@ -96,7 +97,7 @@ if [ "$QUICK" = 1 ]; then
   # VGG16 left out here: its compilations alone take minutes on a small CPU
   step hybrid 420 "$PY" benchmarks/bench_hybrid.py --tiny --workload small $VIT \
     --torch-device "$TDEV" "${NOPEERS[@]}" --name "${P}_hybrid"
-  [ "$PEERS" = 1 ] && step metrics 300 "$PY" benchmarks/bench_metrics.py --tiny \
+  [ "$PEERS" = 1 ] && step metrics 900 "$PY" benchmarks/bench_metrics.py --tiny \
     --torch-device "$TDEV" --name "${P}_metrics"
   step scaling 120 "$PY" benchmarks/bench_scaling.py --tiny --throughput-only --name "${P}_scaling"
   step pooling 120 "$PY" benchmarks/bench_pooling.py --quick --reps 2 --name "${P}_pooling"
