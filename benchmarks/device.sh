@@ -5,8 +5,8 @@
 # device kind, e.g. nvidia_h200) and results/device_<device>_summary.md.
 #
 #   benchmarks/device.sh            # on the device machine (from the repository root)
-#   benchmarks/device.sh --quick    # shrunk sizes: a CPU smoke test (about 5 minutes on 2
-#                                   # quiet cores; 15 to 20 with the cores shared 10 ways)
+#   benchmarks/device.sh --quick    # shrunk sizes: a CPU smoke test (455 s measured on 2
+#                                   # cores shared with 8 other jobs, load 17)
 #
 # Steps (full form):
 #   hybrid   bench_hybrid.py: small model batch 256, VGG16 batch 64, the ViT (if
