@@ -199,3 +199,30 @@ def test_fast_forward_kernels_and_pytree_outputs():
     np.testing.assert_allclose(out["y"], plus(x), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(out["x"], x)
     assert not np.allclose(out["y"], model(x))
+
+
+def test_cam_and_metric_forwards_use_the_fast_pool():
+    """The CAM's forward/backward and the metrics' forwards run through fast_forward: the
+    same activations, gradients and logits, and on CPU no select_and_scatter_add."""
+    from jaxlrp.cam import activations_and_gradients
+    from jaxlrp.metrics._common import model_handle
+    from jaxlrp.tracing import as_adapter
+
+    model = _PoolNet(rngs=nnx.Rngs(2))
+    ad = as_adapter(model)
+    x = jnp.asarray(np.random.default_rng(7).integers(0, 3, (2, 8, 8, 3)), jnp.float32)
+    t = jnp.asarray([1, 3], jnp.int32)
+    acts, grads, logits = activations_and_gradients(ad, ad.params, x, t, "conv")
+    np.testing.assert_array_equal(logits, model(x))
+    np.testing.assert_array_equal(acts, model.conv(x))
+
+    def from_conv(a):
+        h = nnx.max_pool(nnx.relu(a), (2, 2), (2, 2))
+        return jnp.take_along_axis(model.dense(h.reshape(2, -1)), t[:, None], 1).sum()
+
+    np.testing.assert_array_equal(grads, jax.grad(from_conv)(model.conv(x)))
+    jaxpr = str(jax.make_jaxpr(
+        lambda xx: activations_and_gradients(ad, ad.params, xx, t, "conv"))(x))
+    assert "select_and_scatter_add" not in jaxpr
+    fwd, params, _ = model_handle(model, x)
+    np.testing.assert_array_equal(fwd.apply(params, x), model(x))
