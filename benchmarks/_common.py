@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -23,14 +24,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-RESULTS = Path(__file__).resolve().parent / "results"
+#: Where results go; ``JAXLRP_BENCH_RESULTS=/some/dir`` redirects them (test runs on a
+#: noisy machine go to a scratch folder, not over the published figures).
+RESULTS = Path(os.environ.get("JAXLRP_BENCH_RESULTS")
+               or Path(__file__).resolve().parent / "results")
 
 # ----------------------------------------------------------------------------- timing
 
 
 def block(out: Any) -> Any:
-    """Wait for JAX arrays (anything else is returned as is)."""
-    return jax.block_until_ready(out)
+    """Wait for JAX arrays, and for queued CUDA work of PyTorch when a GPU is in use."""
+    out = jax.block_until_ready(out)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return out
 
 
 def timeit(fn: Callable[[], Any], reps: int = 5, warmup: int = 1) -> dict:
@@ -256,6 +264,25 @@ def peer_hybrid(tmodel: Any, xt: Any, targets: np.ndarray, cam_layer: Any) -> np
     return out
 
 
+def peer_hybrid_on_device(tmodel: Any, xt: Any, targets: np.ndarray, cam_layer: Any) -> np.ndarray:
+    """:func:`peer_hybrid` for a model and input on any torch device: on the CPU it is
+    :func:`peer_hybrid`; elsewhere (CUDA) the same pipeline with the LRP relevance moved
+    to the host before its NumPy post-processing."""
+    if xt.device.type == "cpu":
+        return peer_hybrid(tmodel, xt, targets, cam_layer)
+    import cv2
+
+    cam = peer_gradcam_pp(tmodel, xt, targets, cam_layer)
+    rel = peer_lrp(tmodel, xt, targets).mean(1).detach().cpu().numpy()
+    out = np.empty_like(cam)
+    for b in range(len(targets)):
+        prod = np.clip(cam[b] - 0.2, 0, 1) * (rel[b] / rel[b].max())
+        prod = prod / prod.max()
+        blur = cv2.GaussianBlur(prod.astype(np.float32), (5, 5), 4)
+        out[b] = blur / blur.max()
+    return out
+
+
 _CAMS: dict = {}
 
 
@@ -282,7 +309,8 @@ def peer_lrp(tmodel: Any, xt: Any, targets: np.ndarray) -> Any:
             layer.rule = Alpha1_Beta0_Rule()
         elif isinstance(layer, torch.nn.Linear):
             layer.rule = EpsilonRule(epsilon=0.0)
-    return LRP(tmodel).attribute(xt.clone().requires_grad_(), target=torch.as_tensor(targets))
+    return LRP(tmodel).attribute(xt.clone().requires_grad_(),
+                                 target=torch.as_tensor(targets, device=xt.device))
 
 
 def torch_input_gradient(tmodel: Any, xt: Any, targets: np.ndarray) -> Any:
@@ -291,7 +319,8 @@ def torch_input_gradient(tmodel: Any, xt: Any, targets: np.ndarray) -> Any:
 
     x = xt.clone().requires_grad_()
     out = tmodel(x)
-    out[torch.arange(len(x)), torch.as_tensor(targets)].sum().backward()
+    idx = torch.as_tensor(targets, device=x.device)
+    out[torch.arange(len(x), device=x.device), idx].sum().backward()
     return x.grad
 
 

@@ -29,6 +29,7 @@ from jaxlrp import _cache
 from jaxlrp.errors import ExplanationError
 from jaxlrp.lrp import canonizers as C
 from jaxlrp.lrp import composites as K
+from jaxlrp.lrp import memory as M
 from jaxlrp.lrp import rules as R
 from jaxlrp.lrp.graph import Graph, Lit, Node, evaluate, feature_axis, trace
 from jaxlrp.tracing import all_concrete, apply_checked, as_adapter, static_key
@@ -171,6 +172,8 @@ def lrp(
     canonizers: Sequence[C.Canonizer] | None = None,
     init: str = "logit",
     return_layers: bool = False,
+    batch_chunk: int | None = None,
+    checkpoint: bool = False,
 ) -> Any:
     """Layer-wise relevance propagation.
 
@@ -183,6 +186,11 @@ def lrp(
       canonizers: graph rewrites; default :func:`jaxlrp.lrp.canonizers.default`.
       init: ``"logit"`` (relevance sums to the target logit) or ``"one_hot"`` (sums to 1).
       return_layers: also return a list of :class:`LayerRelevance`, input side first.
+      batch_chunk: explain this many examples at a time (``jax.lax.map`` inside one
+        compiled function): same maps, memory bounded by the chunk
+        (:mod:`jaxlrp.lrp.memory`).
+      checkpoint: run each layer's rule under ``jax.checkpoint`` (recomputed, not
+        stored, when the explanation is differentiated).
 
     Returns:
       (B, H, W, C) input relevance, and the per-layer list when ``return_layers``.
@@ -194,24 +202,36 @@ def lrp(
     if init not in ("logit", "one_hot"):
         raise ExplanationError(f"init: expected 'logit' or 'one_hot', got {init!r}")
     comp = K.get(composite)
+    if checkpoint:
+        comp = M.Checkpointed(comp)
+    batch_chunk = M.check_chunk(batch_chunk)
     canon = tuple(C.default() if canonizers is None else canonizers)
     adapter = as_adapter(model)
     out = apply_checked(adapter, x)
     t = static_targets(target, x.shape[0], out.shape[-1])
     if not all_concrete(adapter.params, x, t):
-        return _lrp(adapter, comp, canon, init, return_layers, adapter.params, x, t)
+        return _lrp_chunked(adapter, comp, canon, init, return_layers, batch_chunk,
+                            adapter.params, x, t)
     # eager: one compile per structure; composite/canonizer arrays are arguments
     cstat, carrays = _cache.partition(comp)
     kstat, karrays = _cache.partition(canon)
-    key = ("lrp", static_key(adapter), cstat.key, kstat.key, init, return_layers)
+    key = ("lrp", static_key(adapter), cstat.key, kstat.key, init, return_layers, batch_chunk)
     return _cache.jit_call(_cache.JIT, key, _lrp_cached,
-                           (adapter, cstat, kstat, init, return_layers),
+                           (adapter, cstat, kstat, init, return_layers, batch_chunk),
                            (adapter.params, carrays, karrays, x, t))
 
 
-def _lrp_cached(adapter, cstat, kstat, init, return_layers, params, carrays, karrays, x, t):
+def _lrp_cached(adapter, cstat, kstat, init, return_layers, batch_chunk, params, carrays,
+                karrays, x, t):
     comp, canon = cstat.rebuild(carrays), kstat.rebuild(karrays)
-    return _lrp(adapter, comp, canon, init, return_layers, params, x, t)
+    return _lrp_chunked(adapter, comp, canon, init, return_layers, batch_chunk, params, x, t)
+
+
+def _lrp_chunked(adapter, comp, canon, init, return_layers, batch_chunk, params, x, t):
+    impl = functools.partial(_lrp, adapter, comp, canon, init, return_layers)
+    if batch_chunk is not None:
+        impl = M.over_chunks(impl, batch_chunk)
+    return impl(params, x, t)
 
 
 def _lrp(adapter, comp, canon, init, return_layers, params, x, t):
