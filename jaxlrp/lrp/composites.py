@@ -21,6 +21,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from jaxlrp.errors import ExplanationError
+from jaxlrp.lrp import attention_rules as AR
+from jaxlrp.lrp import elementwise_rules as ER
+from jaxlrp.lrp import norm_rules as NR
 from jaxlrp.lrp import rules as R
 
 
@@ -35,6 +38,8 @@ class LayerContext:
       index: position among conv/dense layers counted from the input (-1 for others).
       first: True for the first conv/dense layer reached from the input.
       first_conv: True for the first conv layer reached from the input.
+      module_type: class name of the module whose call made the layer
+        (``"LayerNorm"``, ``"MultiHeadAttention"``), ``""`` when unknown.
     """
 
     kind: str
@@ -43,20 +48,29 @@ class LayerContext:
     index: int
     first: bool
     first_conv: bool = False
+    module_type: str = ""
 
 
 Composite = Callable[[LayerContext], Any]
 
-DEFAULTS = {"pool": R.Norm(), "sum": R.Norm(), "activation": R.Pass(), "gradient": R.Gradient()}
+DEFAULTS = {
+    "pool": R.Norm(), "sum": R.Norm(), "activation": R.Pass(), "gradient": R.Gradient(),
+    "norm": NR.NormEpsilon(), "softmax": AR.SoftmaxDTD(), "product": AR.Uniform(),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerMap:
-    """Rules by layer kind, by first layer and by module path (path wins, then first, then kind).
+    """Rules by layer kind, first layer, module type and module path.
 
+    Precedence: path, then module type, then first layer, then kind.
     ``paths`` maps a module path, or a path prefix ending in ``/``-separated parts,
     to a rule. Every path must match some layer of the model, else
     :func:`jaxlrp.lrp.lrp` raises an error listing the available paths.
+    ``types`` maps a module class name (``"LayerNorm"``, ``"MultiHeadAttention"``)
+    to a rule, or to a ``{kind: rule}`` mapping for modules that hold several kinds
+    (attention holds ``product`` and ``softmax`` nodes); it applies to the nodes whose
+    own module (the innermost one) has that class.
     """
 
     conv: Any = None
@@ -68,6 +82,10 @@ class LayerMap:
     first: Any = None
     first_kinds: tuple[str, ...] = ("conv", "dense")
     paths: Mapping[str, Any] | None = None
+    norm: Any = dataclasses.field(default_factory=NR.NormEpsilon)
+    softmax: Any = dataclasses.field(default_factory=AR.SoftmaxDTD)
+    product: Any = dataclasses.field(default_factory=AR.Uniform)
+    types: Mapping[str, Any] | None = None
 
     def __call__(self, ctx: LayerContext) -> Any:
         if self.paths:
@@ -78,6 +96,12 @@ class LayerMap:
                         best = (p, rule)
             if best is not None:
                 return best[1]
+        if self.types and ctx.module_type in self.types:
+            rule = self.types[ctx.module_type]
+            if not isinstance(rule, Mapping):
+                return rule
+            if ctx.kind in rule:
+                return rule[ctx.kind]
         if self.first is not None and ctx.kind in self.first_kinds and _is_first(ctx, self):
             return self.first
         return getattr(self, ctx.kind, None)
@@ -143,9 +167,38 @@ def paper(epsilon: float = 0.0, stabilizer: float = 1e-9) -> LayerMap:
 
 
 def epsilon(eps: float = 1e-6) -> LayerMap:
-    """Epsilon everywhere (conv, dense, pooling, sums); ``eps=0`` is LRP-0."""
+    """Epsilon everywhere (conv, dense, pooling, sums, normalisations, products); ``eps=0``
+    is LRP-0. Softmax passes relevance unchanged (SoftmaxIdentity), so that the composite
+    conserves relevance on bias-free models (see :func:`attn_lrp` for AttnLRP's rule)."""
     rule = R.Epsilon(eps)
-    return LayerMap(conv=rule, dense=rule, pool=rule, sum=rule)
+    return LayerMap(conv=rule, dense=rule, pool=rule, sum=rule, norm=NR.NormEpsilon(eps),
+                    softmax=AR.SoftmaxIdentity(), product=AR.Uniform(eps))
+
+
+def attn_lrp(epsilon: float = 1e-6) -> LayerMap:
+    """AttnLRP (Achtibat et al., ICML 2024), as LXT 2.1 implements it.
+
+    LRP-epsilon on conv/dense layers, pooling and residual sums; the identity rule on
+    elementwise nonlinearities and epsilon on elementwise affine maps (a position
+    embedding absorbs its share, as in LXT's gradient x input); normalisations with their
+    statistics held constant; the softmax deep-Taylor rule; the uniform rule on products
+    of two activations (``Q K^T``, ``A V``, gates). ``epsilon=0`` is LXT's "efficient"
+    mode exactly (it has no stabiliser).
+    """
+    rule = R.Epsilon(epsilon)
+    return LayerMap(conv=rule, dense=rule, pool=rule, sum=rule,
+                    activation=ER.IdentityOrEpsilon(epsilon), norm=NR.NormEpsilon(epsilon),
+                    softmax=AR.SoftmaxDTD(), product=AR.Uniform(epsilon))
+
+
+def cp_lrp(epsilon: float = 1e-6) -> LayerMap:
+    """CP-LRP (Ali et al., ICML 2022): AttnLRP's rules, but attention weights and gates are
+    constants (:class:`~jaxlrp.lrp.attention_rules.HoldConstant`; the softmax gets no
+    relevance), so ``A V`` sends all relevance to the values, as LXT's ``cp_LRP`` maps."""
+    rule = R.Epsilon(epsilon)
+    return LayerMap(conv=rule, dense=rule, pool=rule, sum=rule,
+                    activation=ER.IdentityOrEpsilon(epsilon), norm=NR.NormEpsilon(epsilon),
+                    softmax=AR.SoftmaxConstant(), product=AR.HoldConstant(epsilon=epsilon))
 
 
 PRESETS = {
@@ -155,6 +208,8 @@ PRESETS = {
     "epsilon_alpha2_beta1_flat": epsilon_alpha2_beta1_flat,
     "paper": paper,
     "epsilon": epsilon,
+    "attn_lrp": attn_lrp,
+    "cp_lrp": cp_lrp,
 }
 
 
