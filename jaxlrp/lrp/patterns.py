@@ -108,30 +108,47 @@ class _Index:
         return seen
 
 
-def is_statistic(v: int, idx: _Index) -> bool:
-    """Whether every activation path into ``v`` runs through a reduction, with only
-    elementwise and shape operations after it (no conv/dense, no other layer)."""
+def _walk(v: int, root: int, inside: set[int], idx: _Index) -> tuple[bool, bool, bool]:
+    """Walk back from ``v`` inside a region without crossing reductions.
+
+    Returns (reaches ``root`` without a reduction, crosses a reduction, meets only
+    elementwise/shape operations).
+    """
     from jaxlrp.lrp.graph import ELEMENTWISE
 
     seen = {v}
     stack = [v]
-    reduced = False
+    direct = reduced = False
+    simple = True
     while stack:
         w = stack.pop()
+        if w == root:
+            direct = True
+            continue
         p = idx.producer.get(w)
-        if p is None:
-            return False  # the model input itself
+        if p is None or p not in inside:
+            continue
         e = idx.eqns[p]
         if e.name in REDUCTIONS:
             reduced = True
             continue
         if e.name not in ELEMENTWISE and e.name not in SHAPE_OPS:
-            return False
+            simple = False
         for a in _act_ins(e, idx.act):
             if a not in seen:
                 seen.add(a)
                 stack.append(a)
-    return reduced
+    return direct, reduced, simple
+
+
+def is_statistic(s: int, v: int, root: int, region: list[int], idx: _Index) -> bool:
+    """Whether ``s`` is a statistic of ``root`` (every path from it runs through a
+    reduction, with only elementwise and shape operations: no conv/dense) while ``v``
+    depends on ``root`` directly."""
+    inside = set(region)
+    s_direct, s_reduced, s_simple = _walk(s, root, inside, idx)
+    v_direct, _, _ = _walk(v, root, inside, idx)
+    return s_reduced and s_simple and not s_direct and v_direct
 
 
 def _region_from(root: int, core: int, out_anc: set[int], idx: _Index) -> list[int] | None:
@@ -265,10 +282,8 @@ def find(eqns: Sequence[Any], act: set[int], combining: Sequence[int]) -> list[R
             a, b = ops
             cands = [(a, b)] if e.name == "div" else [(a, b), (b, a)]
             for v, s in cands:
-                if s == v or not is_statistic(s, idx) or is_statistic(v, idx):
-                    continue
-                found = _dominated_region(c, v, s, idx)
-                if found is None:
+                found = None if s == v else _dominated_region(c, v, s, idx)
+                if found is None or not is_statistic(s, v, found[0], found[1], idx):
                     continue
                 root, eq = found
                 out = e.outs[0]
