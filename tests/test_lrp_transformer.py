@@ -653,3 +653,27 @@ def test_unsupported_operations_name_primitive_path_and_what_is_supported():
     with pytest.raises(UnsupportedOperationError) as err:
         lrp(SortNet(), jnp.ones((1, 2, 2, 3)), 0)
     assert "'sort'" in str(err.value) and "softmax" in str(err.value)
+
+
+class LSENet(nnx.Module):
+    def __init__(self, n):
+        self.head = nnx.Linear(n, 3, use_bias=False, param_dtype=F64, rngs=nnx.Rngs(0))
+
+    def __call__(self, x):
+        y = jax.nn.logsumexp(x, axis=-1)
+        return self.head(y.reshape(y.shape[0], -1))
+
+
+def test_logsumexp_shares_by_softmax_weights():
+    """logsumexp = identity on exp and log around a sum: ``R_x = softmax(x) * R``, under
+    both the default and AttnLRP's elementwise rule (the shift by max(x) is a constant)."""
+    x = jnp.asarray(rnd(12, (2, 2, 2, 4)))
+    model = LSENet(4)
+    for comp in (with_rules(), with_rules(activation=ER.IdentityOrEpsilon())):
+        got = lrp(model, x, 0, composite=comp)
+        for b in range(2):
+            xb = np.asarray(x[b])
+            lse = np.log(np.exp(xb).sum(-1))
+            r = head_relevance(lse.ravel(), np.asarray(model.head.kernel[...]), 0)
+            sm = np.exp(xb) / np.exp(xb).sum(-1, keepdims=True)
+            close(got[b], sm * r.reshape(lse.shape)[..., None])
