@@ -677,3 +677,40 @@ def test_logsumexp_shares_by_softmax_weights():
             r = head_relevance(lse.ravel(), np.asarray(model.head.kernel[...]), 0)
             sm = np.exp(xb) / np.exp(xb).sum(-1, keepdims=True)
             close(got[b], sm * r.reshape(lse.shape)[..., None])
+
+
+def test_linen_norms_and_attention_conserve_and_report_module_types():
+    """Linen LayerNorm, GroupNorm, RMSNorm and MultiHeadDotProductAttention: recognised
+    (with their module class names), and the epsilon composite conserves (bias-free)."""
+    import flax.linen as nn
+
+    import jaxlrp
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            b, h, w, c = x.shape
+            x = nn.GroupNorm(num_groups=2, use_bias=False, dtype=F64, param_dtype=F64)(x)
+            t = nn.Dense(8, use_bias=False, dtype=F64, param_dtype=F64)(x.reshape(b, h * w, c))
+            t = nn.LayerNorm(use_bias=False, dtype=F64, param_dtype=F64)(t)
+            t = t + nn.MultiHeadDotProductAttention(2, use_bias=False, dtype=F64,
+                                                    param_dtype=F64)(t, t)
+            t = nn.RMSNorm(dtype=F64, param_dtype=F64)(t)
+            return nn.Dense(3, use_bias=False, dtype=F64, param_dtype=F64)(t.mean(1))
+
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 4), F64)
+    net = Net()
+    model = jaxlrp.linen(net, net.init(jax.random.key(1), x))
+    _, graph, _ = prepare(model, x)
+    from jaxlrp.lrp.engine import _type_of
+
+    kinds = [(n.kind, _type_of(n.path, graph.types)) for n in graph.nodes
+             if n.kind in ("norm", "softmax", "product")]
+    assert kinds == [("norm", "GroupNorm"), ("norm", "LayerNorm"),
+                     ("product", "MultiHeadDotProductAttention"),
+                     ("softmax", "MultiHeadDotProductAttention"),
+                     ("product", "MultiHeadDotProductAttention"), ("norm", "RMSNorm")]
+    r = lrp(model, x, 1, composite=composites.epsilon(1e-12))
+    logit = model(x)[:, 1]
+    np.testing.assert_allclose(r.sum((1, 2, 3)), logit, rtol=CONSERVE, atol=1e-12)
+    assert np.isfinite(np.asarray(lrp(model, x, 1, composite="attn_lrp"))).all()

@@ -185,8 +185,23 @@ def _context(node: Node, first_conv: int | None, types: dict | None = None) -> K
     return K.LayerContext(
         kind=node.kind, path=node.path, primitive=node.primitive, index=node.index,
         first=node.first, first_conv=(first_conv is not None and node is first_conv),
-        module_type=(types or {}).get(node.path, ""),
+        module_type=_type_of(node.path, types or {}),
     )
+
+
+def _type_of(path: str, types: dict[str, str]) -> str:
+    """Class name of the innermost module on ``path``.
+
+    Linen name stacks start with the root module's name, and some functions add scopes
+    of their own (``jnp.einsum`` adds its spec), so the longest known prefix wins.
+    """
+    parts = path.split("/") if path else []
+    for start in (0, 1):
+        for end in range(len(parts), start, -1):
+            key = "/".join(parts[start:end])
+            if key in types:
+                return types[key]
+    return ""
 
 
 def module_types(adapter: Any, x: jax.Array) -> dict[str, str]:
