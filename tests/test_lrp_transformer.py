@@ -714,3 +714,29 @@ def test_linen_norms_and_attention_conserve_and_report_module_types():
     logit = model(x)[:, 1]
     np.testing.assert_allclose(r.sum((1, 2, 3)), logit, rtol=CONSERVE, atol=1e-12)
     assert np.isfinite(np.asarray(lrp(model, x, 1, composite="attn_lrp"))).all()
+
+
+class SENet(nnx.Module):
+    """Squeeze-and-excitation: x * sigmoid(fc(relu(fc(mean(x))))): a gate, not a norm."""
+
+    def __init__(self):
+        r = nnx.Rngs(0)
+        self.conv = nnx.Conv(3, 4, (3, 3), use_bias=False, rngs=r, **kw())
+        self.fc1 = nnx.Linear(4, 2, use_bias=False, rngs=r, **kw())
+        self.fc2 = nnx.Linear(2, 4, use_bias=False, rngs=r, **kw())
+        self.head = nnx.Linear(4, 3, use_bias=False, rngs=r, **kw())
+
+    def __call__(self, x):
+        h = nnx.relu(self.conv(x))
+        s = jax.nn.sigmoid(self.fc2(nnx.relu(self.fc1(h.mean(axis=(1, 2))))))
+        return self.head((h * s[:, None, None, :]).mean(axis=(1, 2)))
+
+
+def test_squeeze_excitation_is_a_product_and_conserves():
+    x = jax.random.normal(jax.random.key(3), (2, 6, 6, 3), F64)
+    model = SENet()
+    _, graph, _ = prepare(model, x)
+    kinds = [n.kind for n in graph.nodes]
+    assert "product" in kinds and "norm" not in kinds
+    r = lrp(model, x, 2, composite=composites.epsilon(1e-12))
+    np.testing.assert_allclose(r.sum((1, 2, 3)), model(x)[:, 2], rtol=CONSERVE, atol=1e-12)

@@ -161,6 +161,11 @@ def _region_from(root: int, core: int, out_anc: set[int], idx: _Index) -> list[i
             desc.update(e.outs)
             if i == core or any(o in out_anc for o in e.outs):
                 region.append(i)
+    from jaxlrp.lrp.graph import ELEMENTWISE
+
+    allowed = ELEMENTWISE | SHAPE_OPS | REDUCTIONS
+    if any(idx.eqns[i].name not in allowed for i in region):
+        return None  # a norm or softmax holds no conv/dense or other layer
     produced = {root}
     for i in region:
         produced.update(idx.eqns[i].outs)
