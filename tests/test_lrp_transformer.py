@@ -587,7 +587,8 @@ def test_presets_and_module_types():
     import dataclasses
 
     mixed = dataclasses.replace(composites.attn_lrp(), types={
-        "MultiHeadAttention": {"softmax": AR.SoftmaxConstant(), "product": AR.HoldConstant()}})
+        "MultiHeadAttention": {"softmax": AR.SoftmaxConstant(),
+                               "product": AR.HoldConstant(epsilon=1e-6)}})
     close(lrp(model, x, 0, composite=mixed), c)
     ident = dataclasses.replace(composites.attn_lrp(), types={"LayerNorm": NR.NormIdentity()})
     assert not np.allclose(lrp(model, x, 0, composite=ident), a)
@@ -740,3 +741,15 @@ def test_squeeze_excitation_is_a_product_and_conserves():
     assert "product" in kinds and "norm" not in kinds
     r = lrp(model, x, 2, composite=composites.epsilon(1e-12))
     np.testing.assert_allclose(r.sum((1, 2, 3)), model(x)[:, 2], rtol=CONSERVE, atol=1e-12)
+
+
+def test_attn_lrp_composes_with_jit_and_grad():
+    """Second order through the new rules: the gradient of AttnLRP's relevance is finite
+    and the jitted map equals the eager one."""
+    model = TinyViT(4, 2, 1, 0)
+    x = jax.random.normal(jax.random.key(4), (1, 8, 8, 3), F64)
+    eager = lrp(model, x, 1, composite="attn_lrp")
+    jitted = jax.jit(lambda v: lrp(model, v, 1, composite="attn_lrp"))(x)
+    close(jitted, eager)
+    g = jax.grad(lambda v: (lrp(model, v, 1, composite="attn_lrp") ** 2).sum())(x)
+    assert np.isfinite(np.asarray(g)).all() and float(jnp.abs(g).max()) > 0
