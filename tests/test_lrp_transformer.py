@@ -505,6 +505,7 @@ FAST = settings(max_examples=3, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @FAST
 @given(c=st.integers(2, 5), seed=st.integers(0, 1000), t=st.integers(0, 3))
 def test_epsilon_conserves_on_cnn(c, seed, t):
@@ -515,6 +516,7 @@ def test_epsilon_conserves_on_cnn(c, seed, t):
     np.testing.assert_allclose(r.sum((1, 2, 3)), logit, rtol=CONSERVE, atol=1e-12)
 
 
+@pytest.mark.slow
 @FAST
 @given(c=st.integers(2, 6), depth=st.integers(1, 2), seed=st.integers(0, 1000),
        t=st.integers(0, 3))
@@ -527,6 +529,7 @@ def test_epsilon_conserves_on_convnext(c, depth, seed, t):
     np.testing.assert_allclose(r.sum((1, 2, 3)), logit, rtol=CONSERVE, atol=1e-12)
 
 
+@pytest.mark.slow
 @FAST
 @given(heads=st.sampled_from([1, 2]), depth=st.integers(1, 2), seed=st.integers(0, 1000),
        t=st.integers(0, 3), preset=st.sampled_from(["epsilon", "cp_lrp"]))
