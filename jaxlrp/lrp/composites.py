@@ -2,8 +2,9 @@
 
 A composite is a function ``LayerContext -> rule | None``. ``None`` means the
 layer kind's default (Norm for pooling and residual sums, Pass for elementwise
-activations, Gradient for shape operations and max-pooling, Gradient for a
-weighted layer no mapping covers, as in Zennit).
+activations, Gradient for shape operations and max-pooling, NormEpsilon for
+normalisations, SoftmaxDTD for softmax, Uniform for products of two activations,
+Gradient for a weighted layer no mapping covers, as in Zennit).
 
 Build your own in a few lines::
 
@@ -23,6 +24,9 @@ from typing import Any
 import jax
 
 from jaxlrp.errors import ExplanationError
+from jaxlrp.lrp import attention_rules as AR
+from jaxlrp.lrp import elementwise_rules as ER
+from jaxlrp.lrp import norm_rules as NR
 from jaxlrp.lrp import rules as R
 
 
@@ -37,6 +41,8 @@ class LayerContext:
       index: position among conv/dense layers counted from the input (-1 for others).
       first: True for the first conv/dense layer reached from the input.
       first_conv: True for the first conv layer reached from the input.
+      module_type: class name of the module whose call made the layer
+        (``"LayerNorm"``, ``"MultiHeadAttention"``), ``""`` when unknown.
     """
 
     kind: str
@@ -45,23 +51,32 @@ class LayerContext:
     index: int
     first: bool
     first_conv: bool = False
+    module_type: str = ""
 
 
 Composite = Callable[[LayerContext], Any]
 
-DEFAULTS = {"pool": R.Norm(), "sum": R.Norm(), "activation": R.Pass(), "gradient": R.Gradient()}
+DEFAULTS = {
+    "pool": R.Norm(), "sum": R.Norm(), "activation": R.Pass(), "gradient": R.Gradient(),
+    "norm": NR.NormEpsilon(), "softmax": AR.SoftmaxDTD(), "product": AR.Uniform(),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerMap:
-    """Rules by layer kind, by first layer and by module path (path wins, then first, then kind).
+    """Rules by layer kind, first layer, module type and module path.
 
+    Precedence: path, then module type, then first layer, then kind.
     ``paths`` maps a module path, or a path prefix ending in ``/``-separated parts,
     to a rule. Every path must match some layer of the model, else
     :func:`jaxlrp.lrp.lrp` raises an error listing the available paths. It is stored as
     a tuple of ``(path, rule)`` pairs sorted by path, so that a LayerMap is a value
     (equal maps hash alike; it is a pytree whose array leaves, e.g. ``ZBox`` bounds, are
     passed to the compiled explainer rather than keyed on).
+    ``types`` maps a module class name (``"LayerNorm"``, ``"MultiHeadAttention"``)
+    to a rule, or to a ``{kind: rule}`` mapping for modules that hold several kinds
+    (attention holds ``product`` and ``softmax`` nodes); it applies to the nodes whose
+    own module (the innermost one) has that class. It is stored like ``paths``.
     """
 
     conv: Any = None
@@ -73,11 +88,18 @@ class LayerMap:
     first: Any = None
     first_kinds: tuple[str, ...] = ("conv", "dense")
     paths: Mapping[str, Any] | tuple[tuple[str, Any], ...] | None = None
+    norm: Any = dataclasses.field(default_factory=NR.NormEpsilon)
+    softmax: Any = dataclasses.field(default_factory=AR.SoftmaxDTD)
+    product: Any = dataclasses.field(default_factory=AR.Uniform)
+    types: Mapping[str, Any] | tuple[tuple[str, Any], ...] | None = None
 
     def __post_init__(self):
         if isinstance(self.paths, Mapping):
-            object.__setattr__(self, "paths", tuple(sorted(self.paths.items(),
-                                                           key=lambda kv: kv[0])))
+            object.__setattr__(self, "paths", _pairs(self.paths))
+        if isinstance(self.types, Mapping):
+            object.__setattr__(self, "types", tuple(
+                (k, _pairs(v) if isinstance(v, Mapping) else v)
+                for k, v in _pairs(self.types)))
         if isinstance(self.first_kinds, list):
             object.__setattr__(self, "first_kinds", tuple(self.first_kinds))
 
@@ -90,6 +112,14 @@ class LayerMap:
                         best = (p, rule)
             if best is not None:
                 return best[1]
+        types = dict(self.types or ())
+        if ctx.module_type in types:
+            rule = types[ctx.module_type]
+            if not isinstance(rule, tuple):  # a rule, not (kind, rule) pairs
+                return rule
+            by_kind = dict(rule)
+            if ctx.kind in by_kind:
+                return by_kind[ctx.kind]
         if self.first is not None and ctx.kind in self.first_kinds and _is_first(ctx, self):
             return self.first
         return getattr(self, ctx.kind, None)
@@ -100,9 +130,15 @@ class LayerMap:
 
 jax.tree_util.register_dataclass(
     LayerMap,
-    data_fields=["conv", "dense", "pool", "sum", "activation", "gradient", "first", "paths"],
+    data_fields=["conv", "dense", "pool", "sum", "activation", "gradient", "first", "paths",
+                 "norm", "softmax", "product", "types"],
     meta_fields=["first_kinds"],
 )
+
+
+def _pairs(mapping: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A mapping as (key, value) pairs sorted by key: a hashable, ordered value."""
+    return tuple(sorted(mapping.items(), key=lambda kv: kv[0]))
 
 
 def _is_first(ctx: LayerContext, comp: LayerMap) -> bool:
@@ -162,9 +198,62 @@ def paper(epsilon: float = 0.0, stabilizer: float = 1e-9) -> LayerMap:
 
 
 def epsilon(eps: float = 1e-6) -> LayerMap:
-    """Epsilon everywhere (conv, dense, pooling, sums); ``eps=0`` is LRP-0."""
+    """Epsilon everywhere (conv, dense, pooling, sums, normalisations, products); ``eps=0``
+    is LRP-0. Softmax passes relevance unchanged (SoftmaxIdentity), so that the composite
+    conserves relevance on bias-free models (see :func:`attn_lrp` for AttnLRP's rule).
+
+    Conservation per node kind (sum of input relevance = sum of output relevance, up to
+    ``eps``; measured in float64 with eps=1e-12 by tests/test_lrp_transformer.py):
+
+    ==========  ======================  =============================================
+    kind        rule here               conserves
+    ==========  ======================  =============================================
+    conv/dense  Epsilon                 yes without bias (a bias keeps b R / z)
+    pool, sum   Epsilon                 yes
+    activation  Pass                    yes (also with constant adds)
+    gradient    Gradient                yes for reshapes, slices, max-pool, gather;
+                                        a concatenated constant (class token) keeps
+                                        its share
+    norm        NormEpsilon             yes without the affine bias (the statistics
+                                        are constants, the centring is linear)
+    softmax     SoftmaxIdentity         yes
+    product     Uniform                 yes (each factor gets half)
+    ==========  ======================  =============================================
+
+    Not conservative elsewhere: SoftmaxDTD (AttnLRP; leaks ``sum x R - (sum y x) sum R``
+    per row), SoftmaxConstant (CP-LRP; drops what reaches the softmax, which HoldConstant
+    on ``A V`` makes zero), IdentityOrEpsilon on constant adds (the constant keeps its
+    share), and every rule on layers with biases.
+    """
     rule = R.Epsilon(eps)
-    return LayerMap(conv=rule, dense=rule, pool=rule, sum=rule)
+    return LayerMap(conv=rule, dense=rule, pool=rule, sum=rule, norm=NR.NormEpsilon(eps),
+                    softmax=AR.SoftmaxIdentity(), product=AR.Uniform(eps))
+
+
+def attn_lrp(epsilon: float = 1e-6) -> LayerMap:
+    """AttnLRP (Achtibat et al., ICML 2024), as LXT 2.1 implements it.
+
+    LRP-epsilon on conv/dense layers, pooling and residual sums; the identity rule on
+    elementwise nonlinearities and epsilon on elementwise affine maps (a position
+    embedding absorbs its share, as in LXT's gradient x input); normalisations with their
+    statistics held constant; the softmax deep-Taylor rule; the uniform rule on products
+    of two activations (``Q K^T``, ``A V``, gates). ``epsilon=0`` is LXT's "efficient"
+    mode exactly (it has no stabiliser).
+    """
+    rule = R.Epsilon(epsilon)
+    return LayerMap(conv=rule, dense=rule, pool=rule, sum=rule,
+                    activation=ER.IdentityOrEpsilon(epsilon), norm=NR.NormEpsilon(epsilon),
+                    softmax=AR.SoftmaxDTD(), product=AR.Uniform(epsilon))
+
+
+def cp_lrp(epsilon: float = 1e-6) -> LayerMap:
+    """CP-LRP (Ali et al., ICML 2022): AttnLRP's rules, but attention weights and gates are
+    constants (:class:`~jaxlrp.lrp.attention_rules.HoldConstant`; the softmax gets no
+    relevance), so ``A V`` sends all relevance to the values, as LXT's ``cp_LRP`` maps."""
+    rule = R.Epsilon(epsilon)
+    return LayerMap(conv=rule, dense=rule, pool=rule, sum=rule,
+                    activation=ER.IdentityOrEpsilon(epsilon), norm=NR.NormEpsilon(epsilon),
+                    softmax=AR.SoftmaxConstant(), product=AR.HoldConstant(epsilon=epsilon))
 
 
 PRESETS = {
@@ -174,6 +263,8 @@ PRESETS = {
     "epsilon_alpha2_beta1_flat": epsilon_alpha2_beta1_flat,
     "paper": paper,
     "epsilon": epsilon,
+    "attn_lrp": attn_lrp,
+    "cp_lrp": cp_lrp,
 }
 
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from jaxlrp import _cache
 from jaxlrp.errors import ExplanationError
+from jaxlrp.lrp import attention_rules as A
 from jaxlrp.lrp import canonizers as C
 from jaxlrp.lrp import composites as K
 from jaxlrp.lrp import memory as M
@@ -71,13 +72,56 @@ def _run(eqns, env: dict, overrides: dict) -> dict:
     return scope
 
 
-def _function_layer(node: Node, env: dict) -> R.FunctionLayer:
+def _function_layer(node: Node, env: dict, graph: Graph | None = None) -> R.FunctionLayer:
+    # a norm runs only its linear equations, with the statistics held at their values
+    eqns = node.lin if node.kind == "norm" and node.lin else node.eqns
+    held = {h: env[h] for h in node.hold}
+
     def fn(*xs):
-        scope = _run(node.eqns, env, dict(zip(node.ins, xs, strict=True)))
+        scope = _run(eqns, env, {**held, **dict(zip(node.ins, xs, strict=True))})
         outs = tuple(scope[o] for o in node.outs)
         return outs[0] if len(outs) == 1 else outs
 
-    return R.FunctionLayer(node.kind, node.path, fn)
+    affine = graph is not None and node.kind == "activation" and all(
+        _affine_eqn(e, graph.act) for e in node.eqns
+    )
+    return R.FunctionLayer(node.kind, node.path, fn, affine)
+
+
+def _affine_eqn(e, act: set[int]) -> bool:
+    """``e`` adds, subtracts, multiplies or divides one activation by constants."""
+    ins = [a for a in e.ins if isinstance(a, int) and a in act]
+    if e.name not in ("add", "sub", "mul", "div", "neg") or len(ins) != 1:
+        return False
+    return not (e.name == "div" and e.ins[0] != ins[0])
+
+
+def _product_layer(node: Node, env: dict, graph: Graph) -> A.ProductLayer:
+    core = node.core
+    pos = [i for i, a in enumerate(core.ins) if isinstance(a, int) and a in graph.act]
+    inverse = tuple(core.name == "div" and p == 1 for p in pos)
+
+    def fn(*xs):
+        ops = [_value(env, a) for a in core.ins]
+        for p, v in zip(pos, xs, strict=True):
+            ops[p] = v
+        return core.prim.bind(*ops, **core.params)
+
+    def bilinear(*fs):
+        if core.name == "div":
+            return fn(fs[0], 1 / fs[1]) if len(fs) == 2 else fn(*fs)
+        return fn(*fs)
+
+    maker = {o: n for n in graph.nodes for o in n.outs}
+
+    def origin(i: int) -> str:
+        n = maker.get(i)
+        while n is not None and n.kind == "gradient" and len(n.ins) == 1:
+            n = maker.get(n.ins[0])
+        return "input" if n is None else n.kind
+
+    kinds = tuple(origin(i) for i in node.ins)
+    return A.ProductLayer(node.kind, node.path, fn, bilinear, inverse, kinds)
 
 
 def _linear_layer(node: Node, env: dict, graph: Graph) -> R.LinearLayer:
@@ -132,11 +176,32 @@ def _weight_axis(core, w_pos: int, graph: Graph) -> int:
     return free[0]
 
 
-def _context(node: Node, first_conv: int | None) -> K.LayerContext:
+def _context(node: Node, first_conv: int | None, types: dict | None = None) -> K.LayerContext:
     return K.LayerContext(
         kind=node.kind, path=node.path, primitive=node.primitive, index=node.index,
         first=node.first, first_conv=(first_conv is not None and node is first_conv),
+        module_type=_type_of(node.path, types or {}),
     )
+
+
+def _type_of(path: str, types: dict[str, str]) -> str:
+    """Class name of the innermost module on ``path``.
+
+    Linen name stacks start with the root module's name, and some functions add scopes
+    of their own (``jnp.einsum`` adds its spec), so the longest known prefix wins.
+    """
+    parts = path.split("/") if path else []
+    for start in (0, 1):
+        for end in range(len(parts), start, -1):
+            key = "/".join(parts[start:end])
+            if key in types:
+                return types[key]
+    return ""
+
+
+def module_types(adapter: Any, x: jax.Array) -> dict[str, str]:
+    """Module path -> class name of the module called there (``""`` for the root)."""
+    return {info.path: info.type_name for info in adapter.layers(x)}
 
 
 def _check_paths(composite: Any, graph: Graph) -> None:
@@ -160,6 +225,7 @@ def prepare(model: Any, x: jax.Array, canonizers: Sequence[C.Canonizer] | None =
     apply_checked(adapter, x)
     graph, leaves = trace(adapter.apply, adapter.params, x)
     graph = C.apply_all(graph, C.default() if canonizers is None else canonizers)
+    graph.types = module_types(adapter, x)
     return adapter, graph, leaves
 
 
@@ -237,6 +303,7 @@ def _lrp_chunked(adapter, comp, canon, init, return_layers, batch_chunk, params,
 def _lrp(adapter, comp, canon, init, return_layers, params, x, t):
     graph, leaves = trace(adapter.apply, params, x)
     graph = C.apply_all(graph, canon)
+    graph.types = module_types(adapter, x)
     _check_paths(comp, graph)
     env = forward_env(graph, leaves, x)
     logits = env[graph.out_id]
@@ -280,13 +347,15 @@ def propagate(
         outs = [jnp.zeros(graph.shapes[o], logits.dtype) if r is None else r
                 for o, r in zip(node.outs, outs, strict=True)]
         r = outs[0] if len(outs) == 1 else tuple(outs)
-        rule = comp(_context(node, first_conv))
+        rule = comp(_context(node, first_conv, graph.types))
         if rule is None:
             rule = K.DEFAULTS.get(node.kind, R.Gradient())
         if node.kind in ("conv", "dense"):
             layer = _linear_layer(node, env, graph)
+        elif node.kind == "product":
+            layer = _product_layer(node, env, graph)
         else:
-            layer = _function_layer(node, env)
+            layer = _function_layer(node, env, graph)
         inputs = tuple(env[i] for i in node.ins)
         r_in = rule(layer, inputs, r)
         for i, ri in zip(node.ins, r_in, strict=True):
@@ -338,6 +407,7 @@ def lrp_with_layer_gradient(
     graph, leaves = trace(apply_with_delta, (params, delta0), x)
     delta_id = graph.in_ids[-2]
     graph = C.apply_all(graph, canon)
+    graph.types = module_types(adapter, x)
     _check_paths(comp, graph)
     acts_id = next(e.outs[0] for e in graph.eqns if delta_id in e.ins)
 

@@ -14,8 +14,18 @@ kind           equations                                                    defa
 ``pool``       ``reduce_sum``, ``reduce_window_sum`` (mean, avg-pool)       Norm
 ``sum``        ``add``/``sub`` of activations from different sources       Norm
 ``activation`` elementwise functions of one activation (ReLU, ReLU6, ...)   Pass
-``gradient``   reshape, transpose, max-pool, concat, pad, slice, ...        Gradient
+``gradient``   reshape, transpose, max-pool, concat, pad, slice, gather     Gradient
+``norm``       LayerNorm/GroupNorm/RMSNorm/... (statistics, centring,       NormEpsilon
+               scale, bias; see :mod:`jaxlrp.lrp.patterns`)
+``softmax``    ``exp(x - c) / sum(exp(x - c))``                             SoftmaxDTD
+``product``    two activations multiplied: ``dot_general`` (Q K^T, A V),   Uniform
+               ``a * b``, ``a / b`` (gates)
 =============  ===========================================================  ==============
+
+``stop_gradient`` ends the activation path: what it returns is a constant for LRP.
+Upsampling with ``jax.image.resize`` is a ``dense`` node (a constant interpolation
+matrix, "linear"/"cubic") or a ``gradient`` node (``gather``, "nearest"); a transposed
+convolution is a ``conv`` node (``conv_general_dilated`` with ``lhs_dilation``).
 
 Canonizers (:mod:`jaxlrp.lrp.canonizers`) then rewrite the node list, for
 example folding BatchNorm's affine equations into the preceding conv.
@@ -35,7 +45,7 @@ import jax.numpy as jnp
 from jax.extend import core as jcore
 
 from jaxlrp.errors import UnsupportedOperationError
-from jaxlrp.lrp import pooling
+from jaxlrp.lrp import patterns, pooling
 
 # ----------------------------------------------------------------------------- primitives
 
@@ -58,8 +68,13 @@ ELEMENTWISE = {
 GRADIENT = {
     "reshape", "transpose", "squeeze", "expand_dims", "broadcast_in_dim", "convert_element_type",
     "slice", "pad", "rev", "copy", "copy_p", "reduce_precision", "concatenate", "dynamic_slice",
-    "split", "reduce_window_max", "reduce_max", "reduce_min", "reduce_window_min",
+    "split", "reduce_window_max", "reduce_max", "reduce_min", "reduce_window_min", "gather",
 }
+SUPPORTED = (
+    "conv/dense layers with constant weights, pooling and means, elementwise activations, "
+    "residual adds, shape operations, normalisation layers (statistics of the same "
+    "activation), softmax, and products of two activations (mul, div, dot_general)"
+)
 
 
 # ----------------------------------------------------------------------------- flat equations
@@ -206,13 +221,16 @@ class Node:
     """A group of equations that one LRP rule handles.
 
     Attributes:
-      kind: ``conv``, ``dense``, ``pool``, ``sum``, ``activation`` or ``gradient``.
+      kind: ``conv``, ``dense``, ``pool``, ``sum``, ``activation``, ``gradient``,
+        ``norm``, ``softmax`` or ``product``.
       eqns: the node's equations, in order.
       ins: activation ids entering the node.
       outs: activation ids leaving the node (used after it).
       path: module path of the node's first equation.
       core: for conv/dense/pool, the linear equation; ``post`` follows it.
       post: elementwise affine equations folded after ``core`` (bias, BatchNorm).
+      hold: for ``norm``, the statistic ids held at their forward value.
+      lin: for ``norm``, the equations mapping the input to the output with ``hold`` fixed.
     """
 
     kind: str
@@ -224,6 +242,8 @@ class Node:
     post: list[Eqn] = dataclasses.field(default_factory=list)
     index: int = -1
     first: bool = False
+    hold: list[int] = dataclasses.field(default_factory=list)
+    lin: list[Eqn] = dataclasses.field(default_factory=list)
 
     @property
     def primitive(self) -> str:
@@ -245,6 +265,7 @@ class Graph:
     nodes: list[Node]
     act: set[int]
     shapes: dict[int, tuple]
+    types: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def consumers(self) -> dict[int, list[Eqn]]:
         users: dict[int, list[Eqn]] = {}
@@ -265,8 +286,12 @@ def build(
     """Group the activation-path equations into nodes (see module docstring)."""
     act: set[int] = {x_id}
     for e in eqns:
-        if _act_inputs(e, act):
+        if e.name != "stop_gradient" and _act_inputs(e, act):
             act.update(e.outs)
+
+    regions = patterns.find(eqns, act, _combining(eqns, act, x_id))
+    region_at = {max(r.eqns): r for r in regions}
+    claimed = {i for r in regions for i in r.eqns}
 
     source: dict[int, frozenset[int]] = {x_id: frozenset([x_id])}
     nodes: list[Node] = []
@@ -278,21 +303,36 @@ def build(
         for o in e.outs:
             source[o] = frozenset([o])
 
-    for e in eqns:
+    for i, e in enumerate(eqns):
+        if i in region_at:
+            r = region_at[i]
+            core = eqns[r.core]
+            nodes.append(Node(
+                r.kind, [eqns[j] for j in r.eqns], list(r.ins), [r.out], core.path, core=core,
+                hold=list(r.hold), lin=[eqns[j] for j in r.lin],
+            ))
+            source[r.out] = frozenset([r.out])
+            continue
         ins = _act_inputs(e, act)
-        if not ins:
+        if not ins or i in claimed or e.name == "stop_gradient":
             continue
         name = e.name
+        where = f"at module path '{e.path or '<root>'}'"
         if name in LINEAR_CORE:
-            if len(ins) != 1 or len(set(ins)) != 1 or len(e.ins) != 2:
+            if len(ins) != 1 or len(e.ins) != 2:
                 raise UnsupportedOperationError(
-                    f"'{name}' with activations on both operands (at module path "
-                    f"'{e.path or '<root>'}') is not a linear layer; LRP supports conv/dense "
-                    "layers with constant weights"
+                    f"'{name}' with {len(ins)} activation operands ({where}) is not supported; "
+                    f"jaxlrp's LRP supports {SUPPORTED}"
                 )
             single("conv" if name == "conv_general_dilated" else "dense", e, core=e)
         elif name in POOL_CORE:
             single("pool", e, core=e)
+        elif name == "gather" and (len(ins) != 1 or e.ins[0] not in act):
+            raise UnsupportedOperationError(
+                f"'gather' with activation-dependent indices ({where}) is not supported "
+                f"(only constant indices, e.g. nearest-neighbour resizing); jaxlrp's LRP "
+                f"supports {SUPPORTED}"
+            )
         elif name in GRADIENT:
             single("gradient", e)
         elif name in ELEMENTWISE:
@@ -301,8 +341,8 @@ def build(
                 single("sum", e)
             elif len(srcs) >= 2:
                 raise UnsupportedOperationError(
-                    f"'{name}' combines two different activations (at module path "
-                    f"'{e.path or '<root>'}'), e.g. a gating product; no LRP rule covers it"
+                    f"'{name}' of two different activations ({where}) has no LRP rule; "
+                    f"jaxlrp's LRP supports {SUPPORTED}"
                 )
             else:
                 (s,) = srcs
@@ -311,9 +351,8 @@ def build(
                 elementwise.setdefault(s, []).append(e)
         else:
             raise UnsupportedOperationError(
-                f"unsupported operation '{name}' on the activation path at module path "
-                f"'{e.path or '<root>'}'; jaxlrp's LRP handles conv, dense, pooling, "
-                "elementwise activations, residual adds and shape operations"
+                f"unsupported operation '{name}' on the activation path {where}; "
+                f"jaxlrp's LRP supports {SUPPORTED}"
             )
 
     graph = Graph(eqns, in_ids, x_id, out_id, consts, nodes, act, shapes)
@@ -328,6 +367,28 @@ def build(
         nodes.append(Node("activation", group, [s], outs, group[0].path))
     _sort(graph)
     return graph
+
+
+def _combining(eqns: Sequence[Eqn], act: set[int], x_id: int) -> list[int]:
+    """Indices of equations that multiply two activations of different elementwise groups."""
+    source: dict[int, frozenset[int]] = {x_id: frozenset([x_id])}
+    found = []
+    for i, e in enumerate(eqns):
+        ins = _act_inputs(e, act)
+        if not ins or e.name == "stop_gradient":
+            continue
+        srcs = frozenset().union(*(source.get(a, frozenset([a])) for a in ins))
+        if e.name in LINEAR_CORE and len(ins) == 2:
+            found.append(i)
+        elif e.name in ("mul", "div") and len(srcs) >= 2:
+            found.append(i)
+        elif e.name in ELEMENTWISE and len(srcs) < 2:
+            for o in e.outs:
+                source[o] = srcs
+            continue
+        for o in e.outs:
+            source[o] = frozenset([o])
+    return found
 
 
 def sort_nodes(graph: Graph) -> None:

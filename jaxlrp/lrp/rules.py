@@ -79,14 +79,17 @@ class FunctionLayer:
     """A layer given only as a function of its activation inputs.
 
     Attributes:
-      kind: ``pool``, ``sum``, ``activation`` or ``gradient``.
+      kind: ``pool``, ``sum``, ``activation``, ``gradient``, ``norm`` or ``softmax``.
       path: module path.
-      fn: ``fn(*inputs) -> output`` or a tuple of outputs.
+      fn: ``fn(*inputs) -> output`` or a tuple of outputs (for ``norm``: with the
+        statistics held at their forward values).
+      affine: True when ``fn`` only adds, subtracts, multiplies or divides by constants.
     """
 
     kind: str
     path: str
     fn: Callable[..., Any]
+    affine: bool = False
 
 
 # ----------------------------------------------------------------------------- helpers
