@@ -260,15 +260,15 @@ def test_reference_models_match_pytorch_grad_cam(reference):
             _report(f"{kind}/{method}", raw, ref)
 
 
-def test_vgg_scorecam_matches_pytorch_grad_cam(reference):
+def test_reference_models_scorecam_matches_pytorch_grad_cam(reference):
     kind, j, t, tlayer, x, targets = reference
-    if kind != "vgg":  # Score-CAM on one reference model keeps the file fast
-        return
     raw_ref, final_ref, _, _ = _peer("scorecam", t, tlayer, x, targets)
+    assert raw_ref.shape[0] == 2 and np.abs(raw_ref).max() > 0
     raw = np.asarray(cam.scorecam(j, x, targets, relu=False, normalize=False, upsample=False,
                                   chunk_size=48))
     final = np.asarray(cam.scorecam(j, x, targets, chunk_size=48))
-    _report("vgg/scorecam", raw, raw_ref, final, final_ref)
+    assert final.shape == final_ref.shape == (2, 64, 64)
+    _report(f"{kind}/scorecam", raw, raw_ref, final, final_ref)
 
 
 # ----------------------------------------------------------------------------- EfficientNet
