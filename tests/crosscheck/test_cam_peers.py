@@ -7,6 +7,10 @@ Two levels of comparison:
   hooks captured (before its ReLU / normalisation / resize): float32 on both sides,
   max |diff| <= 1e-5 * max |ref|;
 * final maps (ReLU, min-max, cv2 bilinear resize, min-max) against the peer's ``__call__``.
+
+Measured (printed with -s): raw maps max|diff|/max|ref| 4.0e-8 to 7.7e-7 and final maps
+max|diff| 2.4e-7 to 1.8e-6 on the small net, VGG and ResNet; Captum LayerGradCam 3.0e-7 to
+3.2e-7; EfficientNet-Lite0 Grad-CAM raw (float64) 1.4e-14, final (float32) 1.1e-5.
 """
 
 from __future__ import annotations
