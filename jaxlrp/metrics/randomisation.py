@@ -368,10 +368,12 @@ def smooth_mprt(
     wkey, nkey = jax.random.split(key)
 
     def smoothed(p, m):
+        # explicit draws, or one key per sample (each draw made inside the scan: memory
+        # stays at one batch of noise)
         z = (noise[m] if noise is not None else
-             jax.random.normal(jax.random.fold_in(nkey, m), (nr_samples - 1,) + x.shape, x.dtype))
+             jax.random.split(jax.random.fold_in(nkey, m), max(nr_samples - 1, 1)))
         return _smprt_explain(fwd, p, x, y, z, std, explain=explain, normalise=normalise,
-                              abs=abs, nr_samples=nr_samples)
+                              abs=abs, nr_samples=nr_samples, from_keys=noise is None)
 
     a0 = smoothed(params, 0)
     cols = []
@@ -382,13 +384,15 @@ def smooth_mprt(
 
 
 @functools.partial(jax.jit, static_argnames=("fwd", "explain", "normalise", "abs",
-                                             "nr_samples"))
+                                             "nr_samples", "from_keys"))
 def _smprt_explain(fwd, params, x, y, z, std, *, explain, normalise, abs,  # noqa: A002
-                   nr_samples):
+                   nr_samples, from_keys):
     model = fwd.model(params)
     sb = std.reshape(-1, 1, 1, 1)
 
     def one(acc, zi):
+        if from_keys:
+            zi = jax.random.normal(zi, x.shape, x.dtype)
         return acc + prepare_maps(explain(model, x + zi * sb, y), x, _EXPLAIN).sum(-1), None
 
     acc = prepare_maps(explain(model, x, y), x, _EXPLAIN).sum(-1)
