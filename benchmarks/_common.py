@@ -245,22 +245,38 @@ def peer_hybrid(tmodel: Any, xt: Any, targets: np.ndarray, cam_layer: Any) -> np
     """The peers' pipeline (public re-implementation of the paper), (B, H, W) numpy.
 
     pytorch-grad-cam GradCAMPlusPlus at ``cam_layer``; Captum LRP with Alpha1_Beta0_Rule
-    on convs and EpsilonRule(epsilon=0) on Linear layers; signed channel mean / max;
-    ``clip(cam - 0.2, 0, 1)`` x relevance, / max; per-image ``cv2.GaussianBlur((5, 5), 4)``,
-    / max.
+    on convs and EpsilonRule(epsilon=0) on Linear layers; signed channel mean; then
+    :func:`peer_combine`.
+    """
+    cam = peer_gradcam_pp(tmodel, xt, targets, cam_layer)
+    rel = peer_lrp(tmodel, xt, targets).mean(1).detach().numpy()
+    return peer_combine(cam, rel)
+
+
+def _max_normalise(m: np.ndarray) -> np.ndarray:
+    """m / max(m), left unchanged when max(m) is not positive (no NaN, no sign flip)."""
+    hi = m.max()
+    return m / hi if hi > np.finfo(np.float32).tiny else m
+
+
+def peer_combine(cam: np.ndarray, rel: np.ndarray, threshold: float = 0.2) -> np.ndarray:
+    """Steps 2-5 of the peers' pipeline in numpy + OpenCV, per image -> (B, H, W) in [0, 1].
+
+    ``clip(cam - threshold, 0, 1)`` x (rel / max), / max; ``cv2.GaussianBlur((5, 5), 4)``,
+    / max; final clip to [0, 1]. Each division is skipped for a map whose max is not
+    positive, as jaxlrp's (an all-zero or all-negative relevance map, or a CAM below the
+    threshold, gives a zero map instead of NaN or an inverted map), and the final clip
+    keeps positive evidence only: the validated crosscheck pipeline
+    (tests/crosscheck/test_hybrid_peers.py) with those guards.
     """
     import cv2
 
-    cam = peer_gradcam_pp(tmodel, xt, targets, cam_layer)
-    rel = peer_lrp(tmodel, xt, targets).mean(1).detach().numpy()
-    out = np.empty_like(cam)
-    for b in range(len(targets)):
-        den = np.clip(cam[b] - 0.2, 0, 1)
-        r = rel[b] / rel[b].max()
-        prod = den * r
-        prod = prod / prod.max()
+    out = np.empty(np.shape(cam), np.float32)
+    for b in range(len(cam)):
+        den = np.clip(cam[b] - threshold, 0, 1)
+        prod = _max_normalise(den * _max_normalise(rel[b]))
         blur = cv2.GaussianBlur(prod.astype(np.float32), (5, 5), 4)
-        out[b] = blur / blur.max()
+        out[b] = np.clip(_max_normalise(blur), 0, 1)
     return out
 
 

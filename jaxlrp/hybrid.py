@@ -12,6 +12,11 @@ Pipeline (defaults from the paper's public re-implementation, all parameters):
 5. Gaussian blur, 5x5, sigma 4, reflect-101 borders (OpenCV's default); divide by
    the per-image max; clip to [0, 1] (negative evidence, rare with the paper's
    composite, is dropped at the very end so that maps are in [0, 1]).
+   Why sigma 4: the public re-implementation calls
+   ``cv2.GaussianBlur(x, (5, 5), cv2.BORDER_DEFAULT)``; the third positional argument
+   of ``GaussianBlur`` is sigmaX, so the border constant ``BORDER_DEFAULT`` (= 4) became
+   the blur's width. 4 is kept as the faithful default (on a 5x5 kernel it is close to a
+   box filter); ``sigma`` changes it.
 
 The CAM and the LRP share one forward pass
 (:func:`jaxlrp.lrp.engine.lrp_with_layer_gradient`). Steps 2-5 are

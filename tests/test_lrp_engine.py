@@ -313,4 +313,27 @@ def test_layer_paths_reach_composites():
 
 
 def test_public_namespace():
-    assert jaxlrp.lrp is not None
+    # every name in __all__ resolves (lazy ones included) and the top-level entry points are
+    # the implementations, not re-wrapped copies
+    for name in jaxlrp.__all__:
+        assert getattr(jaxlrp, name) is not None, name
+    assert jaxlrp.lrp is engine.lrp and jaxlrp.lrp is lrp
+    assert jaxlrp.composites is composites and jaxlrp.rules is R
+    with pytest.raises(AttributeError, match="no_such_name"):
+        jaxlrp.no_such_name  # noqa: B018
+    # and jaxlrp.lrp computes: on a linear model z = flatten(x) @ w with epsilon 0 the input
+    # relevance is x * w[:, target] (an independent closed form)
+
+    class Linear(nnx.Module):
+        def __init__(self):
+            self.d = nnx.Linear(12, 3, use_bias=False, rngs=nnx.Rngs(2))
+
+        def __call__(self, v):
+            return self.d(v.reshape(v.shape[0], -1))
+
+    model = to64(Linear())
+    xs = jax.random.normal(jax.random.key(3), (2, 2, 2, 3), jnp.float64)
+    w = np.asarray(model.d.kernel.value)
+    rel = np.asarray(jaxlrp.lrp(model, xs, jnp.array([0, 2]), composites.epsilon(0.0)))
+    want = (np.asarray(xs).reshape(2, 12) * w[:, [0, 2]].T).reshape(2, 2, 2, 3)
+    np.testing.assert_allclose(rel, want, rtol=1e-10, atol=1e-12)

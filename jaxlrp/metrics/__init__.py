@@ -45,9 +45,11 @@ from jaxlrp.metrics.localisation import (
     top_k_intersection,
 )
 from jaxlrp.metrics.randomisation import (
+    efficient_mprt,
     model_parameter_randomisation,
     parameter_layers,
     random_logit,
+    smooth_mprt,
 )
 from jaxlrp.metrics.robustness import avg_sensitivity, local_lipschitz_estimate, max_sensitivity
 
@@ -82,4 +84,6 @@ __all__ = [
     "random_logit",
     "model_parameter_randomisation",
     "parameter_layers",
+    "efficient_mprt",
+    "smooth_mprt",
 ]

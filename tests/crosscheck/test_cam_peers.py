@@ -7,6 +7,10 @@ Two levels of comparison:
   hooks captured (before its ReLU / normalisation / resize): float32 on both sides,
   max |diff| <= 1e-5 * max |ref|;
 * final maps (ReLU, min-max, cv2 bilinear resize, min-max) against the peer's ``__call__``.
+
+Measured (printed with -s): raw maps max|diff|/max|ref| 4.0e-8 to 7.7e-7 and final maps
+max|diff| 2.4e-7 to 1.8e-6 on the small net, VGG and ResNet; Captum LayerGradCam 3.0e-7 to
+3.2e-7; EfficientNet-Lite0 Grad-CAM raw (float64) 1.4e-14, final (float32) 1.1e-5.
 """
 
 from __future__ import annotations
@@ -260,15 +264,15 @@ def test_reference_models_match_pytorch_grad_cam(reference):
             _report(f"{kind}/{method}", raw, ref)
 
 
-def test_vgg_scorecam_matches_pytorch_grad_cam(reference):
+def test_reference_models_scorecam_matches_pytorch_grad_cam(reference):
     kind, j, t, tlayer, x, targets = reference
-    if kind != "vgg":  # Score-CAM on one reference model keeps the file fast
-        return
     raw_ref, final_ref, _, _ = _peer("scorecam", t, tlayer, x, targets)
+    assert raw_ref.shape[0] == 2 and np.abs(raw_ref).max() > 0
     raw = np.asarray(cam.scorecam(j, x, targets, relu=False, normalize=False, upsample=False,
                                   chunk_size=48))
     final = np.asarray(cam.scorecam(j, x, targets, chunk_size=48))
-    _report("vgg/scorecam", raw, raw_ref, final, final_ref)
+    assert final.shape == final_ref.shape == (2, 64, 64)
+    _report(f"{kind}/scorecam", raw, raw_ref, final, final_ref)
 
 
 # ----------------------------------------------------------------------------- EfficientNet

