@@ -18,7 +18,7 @@
 #   memory   bench_memory.py: XLA's buffer plan of the hybrid vs batch, VGG16, chunked
 #
 # Python packages: if a .whl folder with wheels exists at the repository root (carried to
-# the device machine), they are installed into /tmp/jaxlrp-site first (no network there);
+# the device machine), they are installed into a temporary folder first (no network there);
 # benchmarks/device_wheels.sh fills it with the peers (captum, quantus, grad-cam and the
 # dependencies the device image lacks). Without the peers the JAX side still runs
 # (bench_hybrid --no-peers; the metric step is skipped).
@@ -37,9 +37,10 @@ for arg in "$@"; do
 done
 PY=${PYTHON:-python3}
 if compgen -G ".whl/*.whl" > /dev/null; then
+  SITE=$(mktemp -d -t jaxlrp-site-XXXX)
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/jaxlrp-site .whl/*.whl || { echo "wheel install failed" >&2; exit 1; }
-  export PYTHONPATH=/tmp/jaxlrp-site${PYTHONPATH:+:$PYTHONPATH}
+    --target "$SITE" .whl/*.whl || { echo "wheel install failed" >&2; exit 1; }
+  export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
@@ -50,7 +51,7 @@ DEV=$("$PY" -c 'import jax, re; print(re.sub(r"[^a-z0-9]+", "_", jax.devices()[0
 BACKEND=$("$PY" -c 'import jax; print(jax.default_backend())')
 if [ -n "${JAXLRP_BENCH_RESULTS:-}" ]; then RES=$JAXLRP_BENCH_RESULTS
 elif [ -n "${OUT:-}" ]; then RES=$OUT
-elif [ "$QUICK" = 1 ]; then RES=$(mktemp -d /tmp/jaxlrp-device-XXXX)
+elif [ "$QUICK" = 1 ]; then RES=$(mktemp -d -t jaxlrp-device-XXXX)
 else RES=$ROOT/benchmarks/results
 fi
 mkdir -p "$RES"
