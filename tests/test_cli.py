@@ -47,6 +47,7 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_explain_writes_maps_and_reports_bad_files(workdir: Path):
     images = workdir / "images"
     out = workdir / "out"
