@@ -462,6 +462,7 @@ def test_batch_of_one_lrp_and_metric():
     assert s.shape == (1,) and bool(jnp.isfinite(s).all())
 
 
+@pytest.mark.slow
 def test_huge_inputs_give_finite_maps():
     """Inputs of 1e30 are finite float32: every explainer returns finite maps (no NaN).
 

@@ -47,6 +47,7 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_explain_writes_maps_and_reports_bad_files(workdir: Path):
     images = workdir / "images"
     out = workdir / "out"
@@ -271,6 +272,7 @@ def test_make_plan_binds_only_applicable_options():
         "x", "x-2", "y"]
 
 
+@pytest.mark.slow
 def test_demo_quick(tmp_path: Path):
     from jaxlrp.models.default import DEFAULT_PATH
 
@@ -290,6 +292,7 @@ def test_demo_quick(tmp_path: Path):
         assert r.returncode == 1 and "jaxlrp train" in r.stderr
 
 
+@pytest.mark.slow
 def test_explain_killed_mid_run_resumes_without_redoing_finished_images(workdir: Path):
     """SIGKILL a long ``explain`` run after some outputs exist; the rerun keeps them."""
     import signal

@@ -31,6 +31,7 @@ def small():
     return data.embedded("test", n=512)
 
 
+@pytest.mark.slow
 def test_full_generation_is_fast(full):
     train, test, (wall, cpu) = full
     assert (len(train), len(test)) == (12000, 2400)

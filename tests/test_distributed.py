@@ -123,6 +123,7 @@ def sharded() -> dict:
     return _result(proc.stdout)
 
 
+@pytest.mark.slow
 def test_eight_devices_are_used(sharded):
     assert sharded["devices"] == 8
 
@@ -163,6 +164,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_on_loopback():
     """Two jax.distributed processes (4 CPU devices each, gloo collectives) on 127.0.0.1."""
     port = str(_free_port())

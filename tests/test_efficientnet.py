@@ -38,6 +38,7 @@ def logits(model, shots):
     return np.asarray(jax.jit(lambda m, x: m(x))(model, x))
 
 
+@pytest.mark.slow
 def test_top1_on_bundled_photos(shots, logits):
     classes = imagenet_classes()
     assert logits.shape == (len(shots), 1000)

@@ -149,6 +149,7 @@ def test_localisation_skipped_without_masks(capsys):
     assert np.isfinite(res.scores["saliency"]["Sparseness"]).all()
 
 
+@pytest.mark.slow
 def test_bad_batches_recorded_and_rest_computed(capsys):
     model = tiny_model()
     good = make_batches(2, 3, seed=2)
@@ -242,6 +243,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_resume_after_kill(tmp_path):
     script = tmp_path / "run_eval.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))

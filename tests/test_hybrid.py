@@ -43,6 +43,7 @@ def test_steps_follow_the_paper_pipeline_in_numpy(model, x):
     assert np.allclose(h.max(axis=(1, 2)), 1.0) or np.any(h.max(axis=(1, 2)) == 0)
 
 
+@pytest.mark.slow
 def test_batched_equals_per_example_and_jit_equals_eager(model, x):
     t = jnp.array([0, 4, 2, 2])
     batched = hybrid(model, x, t)
@@ -93,6 +94,9 @@ def test_every_option_matches_an_independent_recomputation(model, x, kwargs):
         assert np.abs(out - base).max() > 1e-3, kwargs  # the option is not ignored
 
 
+
+
+@pytest.mark.slow
 def test_combine_is_safe_on_zero_maps_and_vmaps():
     cam = jnp.zeros((2, 8, 8))
     rel = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
@@ -128,6 +132,7 @@ class SoftCNN(nnx.Module):
         return self.d(h.mean(axis=(1, 2)))
 
 
+@pytest.mark.slow
 def test_gradient_through_hybrid_matches_finite_differences():
     jax.config.update("jax_enable_x64", True)
     try:

@@ -41,6 +41,7 @@ def _blur_reference(m: np.ndarray, k: int, sigma: float) -> np.ndarray:
     return out
 
 
+@pytest.mark.slow
 @settings(max_examples=10, deadline=None)
 @given(
     h=st.integers(1, 9),
@@ -132,6 +133,7 @@ def test_resize_known_values():
     np.testing.assert_allclose(out[0, 0], [0.0, 0.5, 1.0, 1.5, 2.0])
 
 
+@pytest.mark.slow
 @settings(max_examples=10, deadline=None)
 @given(
     h=st.integers(1, 9), w=st.integers(1, 9), oh=st.integers(1, 20), ow=st.integers(1, 20),

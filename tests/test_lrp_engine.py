@@ -93,6 +93,7 @@ op_lists = st.lists(
 ).filter(lambda ops: sum(op.endswith("pool") for op, _ in ops) <= 2)
 
 
+@pytest.mark.slow
 @settings(max_examples=10, deadline=None)
 @given(ops=op_lists, seed=st.integers(0, 1000), target=st.integers(0, 3))
 def test_conservation_on_random_cnns(ops, seed, target):
@@ -116,6 +117,7 @@ def test_conservation_on_random_cnns(ops, seed, target):
     assert checked >= 3
 
 
+@pytest.mark.slow
 def test_one_hot_init_is_logit_init_divided_by_logit():
     model = to64(VGG(num_classes=5, widths=(4, 6), dense=(8,), input_size=16, rngs=nnx.Rngs(0)))
     x = jax.random.uniform(jax.random.key(1), (3, 16, 16, 3), jnp.float64)
@@ -166,6 +168,7 @@ def resnet():
     return randomize_bn(ResNet(num_classes=6, widths=(4, 8), rngs=nnx.Rngs(3)), seed=3)
 
 
+@pytest.mark.slow
 def test_batched_equals_per_example_and_jit_equals_eager(resnet):
     x = jax.random.uniform(jax.random.key(0), (4, 16, 16, 3))
     t = jnp.array([0, 5, 2, 2])
@@ -202,6 +205,7 @@ class SoftCNN(nnx.Module):
         return self.d(h.mean(axis=(1, 2)))
 
 
+@pytest.mark.slow
 def test_gradients_through_lrp_match_finite_differences():
     model = to64(SoftCNN(nnx.Rngs(0)))
     x = jax.random.uniform(jax.random.key(0), (1, 5, 5, 2), jnp.float64, 0.2, 1.0)

@@ -291,6 +291,7 @@ def test_random_logit(setup):
         random_logit(model, x, y, a, grad_x_input, k, similarity="cosine")
 
 
+@pytest.mark.slow
 def test_mprt(setup):
     model, x, y, a = setup
     before = jax.tree_util.tree_map(np.asarray, nnx.state(model))

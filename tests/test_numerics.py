@@ -144,6 +144,7 @@ def test_lrp_composites_finite(composite, case):
     assert bool(jnp.isfinite(r).all()), composite
 
 
+@pytest.mark.slow
 @few(4)
 @given(case=inputs, threshold=st.floats(0.0, 1.0), ksize=st.sampled_from((1, 3, 5, 7)),
        sigma=st.floats(1e-3, 50.0), reduce=st.sampled_from(("mean", "sum", "abs_mean",
@@ -215,6 +216,7 @@ def _gradcam():
     return explainers.get("gradcam")
 
 
+@pytest.mark.slow
 @few(3)
 @given(case=inputs, spec=maps)
 def test_default_suite_finite(case, spec):

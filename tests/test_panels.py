@@ -39,6 +39,7 @@ def test_panels_equal_the_library_explainers(model_x):
     assert float(jnp.max(jnp.abs(p.lrp))) == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_panels_jit_and_other_cam(model_x):
     model, x = model_x
     eager = explain_panels(model, x, 1, cam="layercam")

@@ -118,6 +118,7 @@ def test_training_steps_reduce_penalty(setup):
     assert after < 0.5 * before
 
 
+@pytest.mark.slow
 def test_second_order_through_hybrid_matches_finite_differences():
     # 24x24 input: the CAM layer is 12x12, large enough that the (min-max normalised,
     # thresholded) map is not locally constant in x (on 16x16 inputs of this random

@@ -54,6 +54,7 @@ def test_original_untouched_and_relu_restored(small):
     assert [i.path for i in layers(soft, x)] == [i.path for i in layers(model, x)]
 
 
+@pytest.mark.slow
 def test_jit_and_second_derivative(small):
     model, x = small
     soft = soften(model, 5.0)
