@@ -55,10 +55,23 @@ def test_default_dir_follows_environment(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "mine"
 
 
-def test_unwritable_folder_is_a_clear_error(tmp_path):
+def test_unwritable_folder_is_a_clear_error(tmp_path, monkeypatch):
     from jaxlrp.compilation_cache import enable_compilation_cache
 
+    monkeypatch.delenv("JAXLRP_NO_COMPILATION_CACHE", raising=False)
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(ExplanationError, match="path: expected a writable folder"):
         enable_compilation_cache(blocker / "sub")
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_cli_enables_the_cache_unless_told_not_to(monkeypatch, flag):
+    import jaxlrp.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "enable_compilation_cache", lambda: calls.append(1))
+    argv = (["--no-compilation-cache"] if flag else []) + ["info"]
+    assert cli.main(argv) == 0
+    assert calls == ([] if flag else [1])
+    assert "--no-compilation-cache" in cli.build_parser().format_help()

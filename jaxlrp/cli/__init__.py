@@ -32,6 +32,12 @@ from jaxlrp.cli.common import (
 )
 from jaxlrp.cli.explain import Plan, file_token, make_plan, make_runner, unique_stems
 from jaxlrp.cli.loading import LoadedModel, load_model
+from jaxlrp.compilation_cache import (
+    ENV_DIR,
+    ENV_DISABLE,
+    default_cache_dir,
+    enable_compilation_cache,
+)
 from jaxlrp.errors import ExplanationError
 
 
@@ -45,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
                "2 usage error. Start with 'jaxlrp demo'.",
         formatter_class=_Formatter,
     )
+    parser.add_argument(
+        "--no-compilation-cache", action="store_true",
+        help="do not keep compiled XLA code on disk between runs (default: keep it in "
+             f"{default_cache_dir()}; the environment variable {ENV_DISABLE}=1 does the "
+             f"same, and {ENV_DIR} moves it)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for command in (info, train, explain, demo, evaluate):
         command.add_parser(sub)
@@ -62,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
+        if not args.no_compilation_cache:
+            enable_compilation_cache()  # fast second runs; None when the env var disables it
         return int(args.func(args))
     except ExplanationError as e:
         _fail(args.command, str(e))
