@@ -13,7 +13,7 @@ floor(grad)    forward pass + backward pass to the input (a gradient x input map
 =============  =================================================================
 
 Each floor is one function, jitted by the caller, that does exactly that work: every
-pass runs through :func:`jaxlrp.lrp.fast_forward.call` with the pooling lowering given
+pass runs through :func:`jaxlrp._lrp.fast_forward.call` with the pooling lowering given
 (``None``: the library's measured rule; ``("xla", "xla")`` or ``("select", "select")``
 to force one), so the floor can be taken as the fastest over the lowerings. The seeds
 of the backward passes depend on the forward outputs (the target logits, divided by
@@ -28,8 +28,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxlrp.lrp import fast_forward
-from jaxlrp.tracing import as_adapter
+from jaxlrp._lrp import fast_forward
+from jaxlrp._tracing import as_adapter
 
 FLOORS = ("forward", "cam", "lrp", "hybrid")
 #: also available: ``gradient`` (forward + backward to the input: a saliency map's floor)

@@ -60,11 +60,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from jaxlrp._hybrid import hybrid  # noqa: E402
+from jaxlrp._lrp.engine import forward_env, lrp  # noqa: E402
+from jaxlrp._lrp.graph import trace  # noqa: E402
+from jaxlrp._tracing import as_adapter  # noqa: E402
 from jaxlrp.cam import gradcam_pp, resolve_layer  # noqa: E402
-from jaxlrp.hybrid import hybrid  # noqa: E402
-from jaxlrp.lrp.engine import forward_env, lrp  # noqa: E402
-from jaxlrp.lrp.graph import trace  # noqa: E402
-from jaxlrp.tracing import as_adapter  # noqa: E402
 
 POOLS = {"rule": None, "xla": ("xla", "xla"), "select": ("select", "select")}
 FLOOR_OF = {"gradcam_pp": "cam", "lrp": "lrp", "hybrid": "hybrid"}

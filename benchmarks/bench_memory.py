@@ -3,8 +3,8 @@
 For each workload (VGG16 at 224x224 by default; the default small model; the ViT of
 ``jaxlrp.models.vit`` when that module is present) and each batch size, the jitted
 hybrid ``(state, x) -> maps`` is compiled plainly and with
-``jaxlrp.lrp.memory.map_chunks`` over chunks of ``--chunk`` examples (what
-``lrp(..., batch_chunk=n)`` and ``jaxlrp.lrp.memory.chunked(jaxlrp.hybrid, n)`` do).
+``jaxlrp._lrp.memory.map_chunks`` over chunks of ``--chunk`` examples (what
+``lrp(..., batch_chunk=n)`` and ``jaxlrp._lrp.memory.chunked(jaxlrp.hybrid, n)`` do).
 Reported per configuration:
 
 * XLA's buffer plan of the compiled function (``compiled.memory_analysis()``): the
@@ -40,8 +40,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jaxlrp.hybrid import hybrid  # noqa: E402
-from jaxlrp.lrp.memory import map_chunks  # noqa: E402
+from jaxlrp._hybrid import hybrid  # noqa: E402
+from jaxlrp._lrp.memory import map_chunks  # noqa: E402
 
 
 def build(workload: str):

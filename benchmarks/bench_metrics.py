@@ -53,9 +53,9 @@ import quantus  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jaxlrp.hybrid import hybrid  # noqa: E402
+from jaxlrp._hybrid import hybrid  # noqa: E402
+from jaxlrp._tracing import as_adapter  # noqa: E402
 from jaxlrp.metrics import default_suite  # noqa: E402
-from jaxlrp.tracing import as_adapter  # noqa: E402
 
 warnings.filterwarnings("ignore")
 

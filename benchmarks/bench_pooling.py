@@ -5,17 +5,17 @@ ResNet's 3x3/2 stem pool, at several batch sizes) this times, jitted, on the cur
 backend:
 
 * ``forward``: the pool alone, with each lowering (``xla``: ``lax.reduce_window_max``;
-  ``select``: ``jaxlrp.lrp.pooling.window_max``);
+  ``select``: ``jaxlrp._lrp.pooling.window_max``);
 * ``gradient``: the vjp of the pool (forward + backward, as ``jax.grad`` runs it),
   with each lowering (``xla``'s derivative is ``select_and_scatter_add``);
-* ``rule``: ``jaxlrp.lrp.pooling.max_pool``, which follows
-  :func:`jaxlrp.lrp.pooling.lowering`, for both.
+* ``rule``: ``jaxlrp._lrp.pooling.max_pool``, which follows
+  :func:`jaxlrp._lrp.pooling.lowering`, for both.
 
 It then checks, per shape and mode, whether the library's rule picks the faster
 lowering (``rule_check``), and fits the simplest rule of the same form ("the select
 chain when a feature of the shape is >= a threshold") for each candidate feature
 (``fits``): the threshold and feature that lose the least time over the grid. The
-library's rule (``jaxlrp/lrp/pooling.py:lowering``) cites ``results/bench_pooling.json``;
+library's rule (``jaxlrp/_lrp/pooling.py:lowering``) cites ``results/bench_pooling.json``;
 rerun this after changing the machine and update the rule if the fit disagrees.
 
 Usage::
@@ -39,7 +39,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxlrp.lrp import pooling  # noqa: E402
+from jaxlrp._lrp import pooling  # noqa: E402
 
 VGG = ((2, 2), (2, 2), ((0, 0), (0, 0)))
 STEM = ((3, 3), (2, 2), ((1, 1), (1, 1)))

@@ -96,7 +96,7 @@ def throughput(batches: list[int], reps: int, workload: str = "small") -> list[d
     import numpy as np
     from flax import nnx
 
-    from jaxlrp.hybrid import hybrid
+    from jaxlrp._hybrid import hybrid
 
     if workload == "vgg16":
         model, size = U.VGG16(rngs=nnx.Rngs(0)), 224

@@ -11,6 +11,12 @@ Main entry points, all pure functions ``(model, x, target) -> map`` that compose
 * :func:`hybrid` -> (B, H, W) in [0, 1]
 * :mod:`metrics` and :func:`evaluate` score explanations.
 
+The implementation modules are private (``jaxlrp._tracing``, ``jaxlrp._lrp``,
+``jaxlrp._hybrid``, ...); everything public is re-exported here or lives in a public
+module (:mod:`cam`, :mod:`explainers`, :mod:`metrics`, :mod:`rules`, :mod:`composites`,
+:mod:`canonizers`, :mod:`models`, :mod:`data`, :mod:`evaluation`; see
+docs/architecture.md). No module shares its name with a function.
+
 ``model`` is a Flax NNX module, or a Linen module with its variables as a pair
 ``(module, variables)``, :func:`linen` ``(module, variables, **apply_kwargs)`` or a bound
 module. :func:`model` ``(model, output=..., softmax=...)`` picks the logits of a
@@ -22,14 +28,23 @@ from __future__ import annotations
 
 import importlib
 
-from jaxlrp import explainers, metrics
+from jaxlrp import canonizers, composites, explainers, metrics, rules
 from jaxlrp._cache import clear_caches
-from jaxlrp.cam import gradcam, gradcam_pp, hirescam, layercam, scorecam, xgradcam
+from jaxlrp._hybrid import HybridParts, cam_methods, combine, hybrid
+from jaxlrp._lrp.engine import LayerRelevance, lrp
+from jaxlrp._lrp.memory import chunked
+from jaxlrp._tracing import LinenModel, layers, linen, model
+from jaxlrp.cam import (
+    CAMS,
+    gradcam,
+    gradcam_pp,
+    hirescam,
+    layercam,
+    register_cam,
+    scorecam,
+    xgradcam,
+)
 from jaxlrp.errors import ExplanationError, UnsupportedOperationError
-from jaxlrp.hybrid import combine, hybrid
-from jaxlrp.lrp import canonizers, composites, rules
-from jaxlrp.lrp.engine import lrp
-from jaxlrp.tracing import LinenModel, layers, linen, model
 
 __version__ = "0.1.0"
 
@@ -58,10 +73,15 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "CAMS",
     "ExplanationError",
+    "HybridParts",
+    "LayerRelevance",
     "LinenModel",
     "UnsupportedOperationError",
+    "cam_methods",
     "canonizers",
+    "chunked",
     "clear_caches",
     "combine",
     "composites",
@@ -76,6 +96,7 @@ __all__ = [
     "lrp",
     "metrics",
     "model",
+    "register_cam",
     "rules",
     "scorecam",
     "xgradcam",

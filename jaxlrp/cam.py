@@ -20,9 +20,9 @@ Token models (ViTs): a layer whose output is ``(B, N, D)`` is viewed as a grid
 ``(B, h, w, D)`` (:func:`to_grid`): ``N = h*w + extra`` with a square grid and up to
 five leading extra tokens (class, distillation, register tokens), which are dropped from
 both ``A`` and ``g``, as pytorch-grad-cam's ``reshape_transform`` does. ``tokens=(h, w)``
-or ``(h, w, skip)`` sets the grid explicitly (:func:`jaxlrp.tracing.token_grid`). The
+or ``(h, w, skip)`` sets the grid explicitly (:func:`jaxlrp._tracing.token_grid`). The
 default layer of a token model is the last block whose patch tokens influence the logits
-(:func:`jaxlrp.tracing.default_cam_layer`).
+(:func:`jaxlrp._tracing.default_cam_layer`).
 Post-processing, in pytorch-grad-cam's order: ReLU, per-map min-max normalisation at the
 layer resolution, bilinear resize to the input size (``cv2.resize`` semantics), min-max
 normalisation again. ``relu=False`` / ``normalize=False`` / ``upsample=False`` skip steps.
@@ -46,11 +46,10 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import nnx
 
-from jaxlrp import _cache, image
-from jaxlrp.errors import ExplanationError
-from jaxlrp.lrp import fast_forward
-from jaxlrp.registry import Registry
-from jaxlrp.tracing import (
+from jaxlrp import _cache
+from jaxlrp import _image as image
+from jaxlrp._lrp import fast_forward
+from jaxlrp._tracing import (
     Adapter,
     LinenModel,
     all_concrete,
@@ -62,7 +61,7 @@ from jaxlrp.tracing import (
     static_key,
     token_grid,
 )
-from jaxlrp.validation import (
+from jaxlrp._validation import (
     Target,
     check_images,
     check_positive_int,
@@ -71,6 +70,8 @@ from jaxlrp.validation import (
     resolve_targets,
     valid_targets,
 )
+from jaxlrp.errors import ExplanationError
+from jaxlrp.registry import Registry
 
 __all__ = [
     "CAMS",
@@ -106,7 +107,7 @@ __all__ = [
 
 def _model_shapes(adapter: Adapter, x: jax.Array) -> dict:
     """Logits shape (validated by ``apply_checked``) and layer list, cached per model
-    structure, parameter shapes and input shape (:func:`jaxlrp.tracing.cached_shapes`)."""
+    structure, parameter shapes and input shape (:func:`jaxlrp._tracing.cached_shapes`)."""
     return cached_shapes(
         "cam", adapter, x,
         lambda: {"logits": apply_checked(adapter, x), "layers": adapter.layers(x)},
@@ -119,7 +120,7 @@ def resolve_layer(
     """Check ``layer`` (a module path, or None for the default CAM layer).
 
     ``tokens``: None, ``(h, w)`` or ``(h, w, skip)`` for a token layer (B, N, D)
-    (:func:`jaxlrp.tracing.token_grid`).
+    (:func:`jaxlrp._tracing.token_grid`).
 
     Returns:
       (path, shape of the CAM's view of its output, (B, h, w, C)).
@@ -176,7 +177,7 @@ def resolve_layer(
 
 def to_grid(a: jax.Array, tokens: Any = None) -> jax.Array:
     """The CAM's view of a layer output: (B, h, w, C) unchanged; tokens (B, N, D) ->
-    (B, h, w, D), dropping the extra tokens (:func:`jaxlrp.tracing.token_grid`)."""
+    (B, h, w, D), dropping the extra tokens (:func:`jaxlrp._tracing.token_grid`)."""
     if a.ndim != 3:
         return a
     grid = token_grid(a.shape, tokens)
@@ -203,7 +204,7 @@ def activations_and_gradients(
     are independent (evaluation mode), so ``dA[b]`` is the gradient of example b's logit.
 
     Args:
-      adapter: the model's :class:`jaxlrp.tracing.Adapter`.
+      adapter: the model's :class:`jaxlrp._tracing.Adapter`.
       params: its parameters (``adapter.params`` or a traced copy).
       x: (B, H, W, C) images.
       target: int, (B,) ints or "predicted".
@@ -228,7 +229,7 @@ def activations_and_gradients(
         return adapter.apply(p, xx, hook=hook), seen[0]
 
     def score(delta):
-        # max-pools with the lowering measured fastest (jaxlrp.lrp.fast_forward)
+        # max-pools with the lowering measured fastest (jaxlrp._lrp.fast_forward)
         logits, acts = fast_forward.call(run, params, x, delta)
         t = jax.lax.stop_gradient(resolve_targets(target, logits))
         return jnp.sum(_target_scores(logits, t)), (acts, logits)

@@ -26,11 +26,11 @@ import msgpack
 import numpy as np
 from flax import nnx, serialization
 
-from jaxlrp.atomic import atomic_write
+from jaxlrp._atomic import atomic_write
+from jaxlrp._tracing import LinenModel
 from jaxlrp.errors import ExplanationError
 from jaxlrp.models import resnet as _resnet
 from jaxlrp.models import vgg as _vgg
-from jaxlrp.tracing import LinenModel
 
 FORMAT = "jaxlrp-checkpoint"
 VERSION = 1

@@ -51,10 +51,10 @@ from jax.sharding import PartitionSpec as P
 
 from jaxlrp import _cache
 from jaxlrp._cache import key_part
+from jaxlrp._tracing import LinenModel, apply_checked, as_adapter, static_key
+from jaxlrp._validation import check_positive_int
 from jaxlrp.errors import ExplanationError
-from jaxlrp.tracing import LinenModel, apply_checked, as_adapter, static_key
 from jaxlrp.typing import Explainer
-from jaxlrp.validation import check_positive_int
 
 __all__ = ["batch_mesh", "explain_dataset"]
 

@@ -23,11 +23,11 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxlrp._validation import check_positive_int
 from jaxlrp.data import Dataset
 from jaxlrp.errors import ExplanationError
 from jaxlrp.penalty import explanation_penalty
 from jaxlrp.training import train
-from jaxlrp.validation import check_positive_int
 
 __all__ = [
     "MARKER_COLORS",

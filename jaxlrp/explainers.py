@@ -22,10 +22,10 @@ from typing import Any
 import jax
 
 from jaxlrp import cam as _cam
+from jaxlrp._hybrid import hybrid, reduce_channels
+from jaxlrp._image import max_abs_normalize
+from jaxlrp._lrp.engine import lrp as _lrp
 from jaxlrp.errors import ExplanationError
-from jaxlrp.hybrid import hybrid, reduce_channels
-from jaxlrp.image import max_abs_normalize
-from jaxlrp.lrp.engine import lrp as _lrp
 from jaxlrp.registry import Registry
 from jaxlrp.typing import Reduction, Target
 

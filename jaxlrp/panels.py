@@ -3,7 +3,7 @@
 :func:`explain_panels` is what ``jaxlrp explain --compare`` and ``jaxlrp demo`` draw: the
 hybrid's own CAM, its LRP map normalised as the ``lrp`` explainer normalises it
 (:func:`jaxlrp.explainers.lrp_map`), and the hybrid, with the logits, all from one call of
-:func:`jaxlrp.hybrid.hybrid` with ``return_parts=True`` (one forward pass for the CAM and
+:func:`jaxlrp._hybrid.hybrid` with ``return_parts=True`` (one forward pass for the CAM and
 the LRP). Pure and jittable: ``jax.jit(explain_panels)`` compiles once per model
 structure, batch shape and options.
 """
@@ -16,9 +16,9 @@ from typing import Any
 
 import jax
 
-from jaxlrp.hybrid import hybrid
-from jaxlrp.image import max_abs_normalize
-from jaxlrp.tracing import as_adapter
+from jaxlrp._hybrid import hybrid
+from jaxlrp._image import max_abs_normalize
+from jaxlrp._tracing import as_adapter
 
 
 @functools.partial(
@@ -71,7 +71,7 @@ def explain_panels(
       x: (B, H, W, C) floating images.
       target: an int, a (B,) int array or ``"predicted"``.
       cam, layer, threshold, composite, canonizers, reduce, ksize, sigma: the options of
-        :func:`jaxlrp.hybrid.hybrid` (the CAM panel is the hybrid's CAM, the LRP panel
+        :func:`jaxlrp._hybrid.hybrid` (the CAM panel is the hybrid's CAM, the LRP panel
         uses its composite and channel reduction).
     Returns:
       :class:`Panels`; ``panels.maps()`` gives the three maps by name.

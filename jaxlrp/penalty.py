@@ -53,7 +53,7 @@ def explanation_penalty(
 
     Args:
       explain: ``explain(model, x, target) -> (B, H, W) or (B, H, W, C)``, e.g.
-        ``jaxlrp.cam.gradcam``, ``jaxlrp.lrp.lrp``, ``jaxlrp.hybrid.hybrid`` or an entry
+        ``jaxlrp.cam.gradcam``, ``jaxlrp._lrp.lrp``, ``jaxlrp._hybrid.hybrid`` or an entry
         of ``jaxlrp.explainers.get(name)``.
       model: passed through to ``explain`` (NNX module, Linen pair, ...).
       x: (B, H, W, C) images.

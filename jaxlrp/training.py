@@ -18,9 +18,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxlrp._tracing import as_adapter
+from jaxlrp._validation import check_positive_int
 from jaxlrp.errors import ExplanationError
-from jaxlrp.tracing import as_adapter
-from jaxlrp.validation import check_positive_int
 
 Augment = Callable[[np.random.Generator, np.ndarray], np.ndarray]
 ExtraLoss = Callable[[nnx.Module, jax.Array, jax.Array, jax.Array], Any]

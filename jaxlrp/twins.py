@@ -26,10 +26,10 @@ from flax import nnx
 from torch import nn
 from torchvision.models.resnet import BasicBlock as TorchBasicBlock
 
+from jaxlrp._tracing import LinenModel
 from jaxlrp.errors import ExplanationError
 from jaxlrp.models import resnet as _resnet
 from jaxlrp.models import vgg as _vgg
-from jaxlrp.tracing import LinenModel
 
 __all__ = ["to_torch", "to_torch_input", "from_torch_map", "VGGTwin", "ResNetTwin"]
 

@@ -32,7 +32,7 @@ import matplotlib.colors as mcolors  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from jaxlrp.atomic import atomic_write  # noqa: E402
+from jaxlrp._atomic import atomic_write  # noqa: E402
 from jaxlrp.errors import ExplanationError  # noqa: E402
 
 DPI = 100

@@ -16,22 +16,25 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "jaxlrp"
 
 # Layer of each module, bottom (0) to top (5). A module path matches its longest listed
-# prefix, so "jaxlrp.lrp" covers every module of jaxlrp/lrp/.
+# prefix, so "jaxlrp._lrp" covers every module of jaxlrp/_lrp/.
 LAYERS: dict[str, int] = {
     # 0 base: no jaxlrp imports
     "jaxlrp.errors": 0,
-    "jaxlrp.atomic": 0,
+    "jaxlrp._atomic": 0,
     "jaxlrp._cache": 0,  # the one compile-cache layer
     "jaxlrp.registry": 0,  # the registry helper every extension point uses
     "jaxlrp.typing": 0,
     "jaxlrp.compilation_cache": 0,
     # 1 tracing and validation: the model adapter, input checks, image ops
-    "jaxlrp.tracing": 1,
-    "jaxlrp.validation": 1,
-    "jaxlrp.image": 1,
+    "jaxlrp._tracing": 1,
+    "jaxlrp._validation": 1,
+    "jaxlrp._image": 1,
     # 2 methods, architectures, data
     "jaxlrp.cam": 2,
-    "jaxlrp.lrp": 2,
+    "jaxlrp._lrp": 2,
+    "jaxlrp.rules": 2,  # public namespaces of jaxlrp._lrp
+    "jaxlrp.composites": 2,
+    "jaxlrp.canonizers": 2,
     "jaxlrp.models": 4,  # the package's __init__: a lazy facade over models/, default too
     "jaxlrp.models.vgg": 2,
     "jaxlrp.models.resnet": 2,
@@ -40,7 +43,7 @@ LAYERS: dict[str, int] = {
     "jaxlrp.data": 2,
     "jaxlrp.photos": 2,
     # 3 explainers built on the methods, metrics, training, persistence
-    "jaxlrp.hybrid": 3,
+    "jaxlrp._hybrid": 3,
     "jaxlrp.explainers": 3,
     "jaxlrp.panels": 3,
     "jaxlrp.metrics": 3,
@@ -223,7 +226,7 @@ def test_core_does_not_import_torch_matplotlib_or_tfds():
 @pytest.mark.parametrize("source, expected", [
     ("import jaxlrp.viz\n", ("jaxlrp.viz", True)),
     ("def f():\n    from jaxlrp import viz\n", ("jaxlrp.viz", False)),
-    ("from jaxlrp.lrp import rules\n", ("jaxlrp.lrp.rules", True)),
+    ("from jaxlrp._lrp import rules\n", ("jaxlrp._lrp.rules", True)),
     ("try:\n    import torch\nexcept ImportError:\n    pass\n", ("torch", True)),
     ("_LAZY = {'evaluate': ('jaxlrp.evaluation', 'evaluate')}\n", ("jaxlrp.evaluation", False)),
 ])

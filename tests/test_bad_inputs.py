@@ -21,10 +21,10 @@ from flax import nnx
 
 import jaxlrp
 from jaxlrp import checkpoint, explainers, metrics
+from jaxlrp._lrp import composites, rules
 from jaxlrp.cli import main as cli_main
 from jaxlrp.data import read_image
 from jaxlrp.errors import ExplanationError, UnsupportedOperationError
-from jaxlrp.lrp import composites, rules
 from jaxlrp.models import VGG, ResNet, VGGLinen
 
 S = 8  # image side

@@ -158,13 +158,13 @@ def test_vmap_over_batches(model, x):
 def test_postprocessing_order(maps):
     raw = maps["gradcam/raw"]
     # ReLU -> min-max at layer resolution -> bilinear resize -> min-max
-    expect = jaxlrp.image.minmax_normalize(jaxlrp.image.resize(
-        jaxlrp.image.minmax_normalize(jnp.maximum(raw, 0)), (SIZE, SIZE)))
+    expect = jaxlrp._image.minmax_normalize(jaxlrp._image.resize(
+        jaxlrp._image.minmax_normalize(jnp.maximum(raw, 0)), (SIZE, SIZE)))
     np.testing.assert_allclose(maps["gradcam"], expect, atol=1e-6)
 
 
 def test_weightings_by_hand(model, x):
-    ad = jaxlrp.tracing.as_adapter(model)
+    ad = jaxlrp._tracing.as_adapter(model)
     a, g, logits = cam.activations_and_gradients(ad, ad.params, x, TARGETS, "b2")
     # the gradient is that of each example's target logit w.r.t. the layer output
     def logit_from_b2(a0, i):

@@ -107,7 +107,7 @@ def test_general_output_matches_float64_finite_differences(score):
     fn = {"probability": lambda lg, tt: jax.nn.softmax(lg)[jnp.arange(2), tt],
           "exp_logit": lambda lg, tt: jnp.exp(lg[jnp.arange(2), tt])}[score]
     ref, d2_ref, d3_ref = _fd_reference(model, x, t, fn)
-    from jaxlrp.tracing import as_adapter
+    from jaxlrp._tracing import as_adapter
 
     ad = as_adapter(model)
     _, _, d2, d3, _ = cam.diagonal_derivatives(ad, ad.params, x, t, "c2", score, 16)

@@ -14,9 +14,9 @@ from flax import nnx
 
 import jaxlrp
 from jaxlrp import cam
+from jaxlrp._hybrid import combine
+from jaxlrp._tracing import as_adapter, token_grid
 from jaxlrp.errors import ExplanationError
-from jaxlrp.hybrid import combine
-from jaxlrp.tracing import as_adapter, token_grid
 
 SIZE, PATCH, D, K = 16, 4, 16, 3  # 4x4 patch grid
 

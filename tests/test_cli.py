@@ -81,7 +81,7 @@ def test_explain_writes_maps_and_reports_bad_files(workdir: Path):
         assert im.size == (1280, 360)  # input + 3 panels of 3.2 in at 100 dpi
 
     # The stored map is the hybrid of that very image (not of another one in the batch).
-    from jaxlrp.hybrid import hybrid
+    from jaxlrp._hybrid import hybrid
 
     model = checkpoint.load(workdir / "vgg.msgpack")
     x = np.stack([np.asarray(Image.open(images / f"img{i}.png"), np.float32) / 255.0

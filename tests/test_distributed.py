@@ -28,7 +28,7 @@ import json, os, sys, tempfile
 import jax, numpy as np
 from flax import nnx
 from jaxlrp import cam, distributed
-from jaxlrp.lrp import lrp
+from jaxlrp._lrp import lrp
 from jaxlrp.models.vgg import VGG
 
 compiles = []

@@ -14,10 +14,10 @@ import pytest
 from flax import nnx
 
 from jaxlrp import photos
+from jaxlrp._tracing import as_adapter, default_cam_layer
 from jaxlrp.errors import ExplanationError
 from jaxlrp.models import efficientnet as eff
 from jaxlrp.models import efficientnet_lite0, imagenet_classes, preprocess
-from jaxlrp.tracing import as_adapter, default_cam_layer
 
 N_PARAMS = 4_652_008  # sum of numel over the torch model's parameters (buffers excluded)
 

@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 
 import jaxlrp
+from jaxlrp._hybrid import combine, combine_parts, denoise, hybrid, reduce_channels
 from jaxlrp.errors import ExplanationError
-from jaxlrp.hybrid import combine, combine_parts, denoise, hybrid, reduce_channels
 from jaxlrp.models import VGG
 
 
@@ -57,7 +57,7 @@ def test_batched_equals_per_example_and_jit_equals_eager(model, x):
 
 def _np_pipeline(cam, rel, threshold=0.2, reduce="mean", ksize=5, sigma=4.0):
     """Steps 2-5 in numpy/scipy, written from the paper's description (independent of
-    jaxlrp.image): scipy's 'mirror' border is OpenCV's reflect-101."""
+    jaxlrp._image): scipy's 'mirror' border is OpenCV's reflect-101."""
     from scipy.ndimage import correlate1d
 
     def maxnorm(m):

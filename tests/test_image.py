@@ -1,4 +1,4 @@
-"""jaxlrp.image: blur against an independent float64 reference, normalisers, resize."""
+"""jaxlrp._image: blur against an independent float64 reference, normalisers, resize."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxlrp import image
+from jaxlrp import _image as image
 from jaxlrp.errors import ExplanationError
 
 

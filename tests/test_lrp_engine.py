@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxlrp
+from jaxlrp._lrp import composites, engine, lrp
+from jaxlrp._lrp import rules as R
 from jaxlrp.errors import ExplanationError, UnsupportedOperationError
-from jaxlrp.lrp import composites, engine, lrp
-from jaxlrp.lrp import rules as R
 from jaxlrp.models import VGG, ResNet
 
 
@@ -142,7 +144,7 @@ def test_batchnorm_folding_keeps_every_layer_output():
     for i, v in zip(graph.in_ids[:-1], leaves, strict=True):
         env[i] = v
     env[graph.x_id] = x
-    from jaxlrp.lrp.graph import evaluate
+    from jaxlrp._lrp.graph import evaluate
 
     evaluate(graph.eqns, env)
     for node in convs:
@@ -322,7 +324,16 @@ def test_public_namespace():
     for name in jaxlrp.__all__:
         assert getattr(jaxlrp, name) is not None, name
     assert jaxlrp.lrp is engine.lrp and jaxlrp.lrp is lrp
-    assert jaxlrp.composites is composites and jaxlrp.rules is R
+    # public namespaces re-export the implementations (jaxlrp._lrp.*)
+    assert jaxlrp.composites.paper is composites.paper and jaxlrp.rules.ZPlus is R.ZPlus
+    import jaxlrp.composites as public_composites  # a module path, not a function's attribute
+
+    assert public_composites.attn_lrp is composites.attn_lrp
+    # no public name is both a function and a module of the package
+    pkg = Path(jaxlrp.__file__).parent
+    for name in jaxlrp.__all__:
+        if callable(getattr(jaxlrp, name)) and not isinstance(getattr(jaxlrp, name), type):
+            assert not (pkg / f"{name}.py").exists() and not (pkg / name).is_dir(), name
     with pytest.raises(AttributeError, match="no_such_name"):
         jaxlrp.no_such_name  # noqa: B018
     # and jaxlrp.lrp computes: on a linear model z = flatten(x) @ w with epsilon 0 the input

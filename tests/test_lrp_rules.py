@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxlrp._lrp import rules as R
 from jaxlrp.errors import ExplanationError
-from jaxlrp.lrp import rules as R
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -16,13 +16,13 @@ from flax import nnx
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from jaxlrp._lrp import attention_rules as AR
+from jaxlrp._lrp import composites, lrp
+from jaxlrp._lrp import elementwise_rules as ER
+from jaxlrp._lrp import norm_rules as NR
+from jaxlrp._lrp import rules as R
+from jaxlrp._lrp.engine import forward_env, initial_relevance, prepare, propagate
 from jaxlrp.errors import ExplanationError, UnsupportedOperationError
-from jaxlrp.lrp import attention_rules as AR
-from jaxlrp.lrp import composites, lrp
-from jaxlrp.lrp import elementwise_rules as ER
-from jaxlrp.lrp import norm_rules as NR
-from jaxlrp.lrp import rules as R
-from jaxlrp.lrp.engine import forward_env, initial_relevance, prepare, propagate
 
 F64 = jnp.float64
 TOL = 1e-10
@@ -706,7 +706,7 @@ def test_linen_norms_and_attention_conserve_and_report_module_types():
     net = Net()
     model = jaxlrp.linen(net, net.init(jax.random.key(1), x))
     _, graph, _ = prepare(model, x)
-    from jaxlrp.lrp.engine import _type_of
+    from jaxlrp._lrp.engine import _type_of
 
     kinds = [(n.kind, _type_of(n.path, graph.types)) for n in graph.nodes
              if n.kind in ("norm", "softmax", "product")]

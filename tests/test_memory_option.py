@@ -9,9 +9,9 @@ import pytest
 from flax import nnx
 
 import jaxlrp
+from jaxlrp._lrp import memory
+from jaxlrp._lrp.engine import lrp
 from jaxlrp.errors import ExplanationError
-from jaxlrp.lrp import memory
-from jaxlrp.lrp.engine import lrp
 from jaxlrp.models.vgg import VGG
 
 

@@ -7,6 +7,7 @@ import pytest
 from flax import linen as nn
 from flax import nnx
 
+from jaxlrp._tracing import as_adapter
 from jaxlrp.errors import ExplanationError
 from jaxlrp.metrics import (
     avg_sensitivity,
@@ -23,7 +24,6 @@ from jaxlrp.metrics import (
     region_perturbation,
 )
 from jaxlrp.metrics._common import ssim
-from jaxlrp.tracing import as_adapter
 
 B, H, W, C, K = 3, 8, 8, 3, 5
 

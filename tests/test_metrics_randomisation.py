@@ -7,10 +7,10 @@ import pytest
 from flax import nnx
 from scipy.stats import entropy, spearmanr
 
+from jaxlrp._tracing import as_adapter
 from jaxlrp.errors import ExplanationError
 from jaxlrp.metrics import efficient_mprt, model_parameter_randomisation, smooth_mprt
-from jaxlrp.metrics.randomisation import histogram_entropy
-from jaxlrp.tracing import as_adapter
+from jaxlrp.metrics._randomisation import histogram_entropy
 
 B, H, W, C, K = 3, 8, 8, 3, 4
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxlrp._tracing import layers, linen
 from jaxlrp.errors import ExplanationError
 from jaxlrp.models import resnet as resnet_mod
 from jaxlrp.models import vgg as vgg_mod
 from jaxlrp.models.resnet import ResNet, ResNetLinen
 from jaxlrp.models.vgg import VGG, VGGLinen
-from jaxlrp.tracing import layers, linen
 
 _forward = nnx.jit(lambda m, x: m(x))
 

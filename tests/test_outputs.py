@@ -1,4 +1,4 @@
-"""What the explainers call "logits", for every output style (jaxlrp.tracing.Adapter.apply).
+"""What the explainers call "logits", for every output style (jaxlrp._tracing.Adapter.apply).
 
 * a trailing softmax / log_softmax (however written) is stripped: CAM, LRP and the
   metrics explain exactly what they explain on the same model without it;
@@ -24,7 +24,7 @@ from flax import nnx
 
 import jaxlrp
 from jaxlrp import metrics
-from jaxlrp.tracing import NNXOutput, as_adapter
+from jaxlrp._tracing import NNXOutput, as_adapter
 
 S, K = 8, 3
 

@@ -10,8 +10,8 @@ from flax import nnx
 
 import jaxlrp
 from jaxlrp import explainers
-from jaxlrp.hybrid import hybrid
-from jaxlrp.image import max_abs_normalize
+from jaxlrp._hybrid import hybrid
+from jaxlrp._image import max_abs_normalize
 from jaxlrp.models import VGG
 from jaxlrp.panels import Panels, explain_panels
 

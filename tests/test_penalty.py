@@ -11,10 +11,10 @@ import optax
 import pytest
 from flax import nnx
 
+from jaxlrp._hybrid import hybrid
+from jaxlrp._lrp import lrp
 from jaxlrp.cam import gradcam
 from jaxlrp.errors import ExplanationError
-from jaxlrp.hybrid import hybrid
-from jaxlrp.lrp import lrp
 from jaxlrp.models import VGG
 from jaxlrp.models.softening import soften
 from jaxlrp.penalty import explanation_penalty

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from jaxlrp.lrp import graph, pooling
+from jaxlrp._lrp import graph, pooling
 
 # (shape, window, strides, padding): VGG 2x2/2, ResNet stem 3x3/2 padded, odd sizes
 # that drop a remainder, overlapping stride 1, a pool over the channel axis.
@@ -165,8 +165,8 @@ class _PoolNet(nnx.Module):
 @pytest.mark.parametrize("choice", [None, ("select", "select"), ("xla", "select")])
 def test_fast_forward_same_values_and_gradients(choice):
     """fast_forward.call gives the model's logits and input gradient bitwise, under jit."""
-    from jaxlrp.lrp import fast_forward
-    from jaxlrp.tracing import as_adapter
+    from jaxlrp._lrp import fast_forward
+    from jaxlrp._tracing import as_adapter
 
     model = _PoolNet(rngs=nnx.Rngs(0))
     ad = as_adapter(model)
@@ -188,7 +188,7 @@ def test_fast_forward_same_values_and_gradients(choice):
 def test_fast_forward_kernels_and_pytree_outputs():
     """``kernels`` maps each conv kernel (here to W+): equal to the model with W+ weights;
     pytree outputs and closed-over values come back as ``fn`` returns them."""
-    from jaxlrp.lrp import fast_forward
+    from jaxlrp._lrp import fast_forward
 
     model = _PoolNet(rngs=nnx.Rngs(1))
     x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 8, 8, 3)), jnp.float32)
@@ -204,9 +204,9 @@ def test_fast_forward_kernels_and_pytree_outputs():
 def test_cam_and_metric_forwards_use_the_fast_pool():
     """The CAM's forward/backward and the metrics' forwards run through fast_forward: the
     same activations, gradients and logits, and on CPU no select_and_scatter_add."""
+    from jaxlrp._tracing import as_adapter
     from jaxlrp.cam import activations_and_gradients
     from jaxlrp.metrics._common import model_handle
-    from jaxlrp.tracing import as_adapter
 
     model = _PoolNet(rngs=nnx.Rngs(2))
     ad = as_adapter(model)

@@ -13,12 +13,12 @@ from flax import nnx
 
 import jaxlrp
 from jaxlrp import cli, evaluation, explainers, metrics
+from jaxlrp._hybrid import cam_methods, hybrid
+from jaxlrp._lrp import composites, rules
 from jaxlrp.cam import CAMS, register_cam
 from jaxlrp.cli import evaluate as cli_evaluate
 from jaxlrp.errors import ExplanationError
 from jaxlrp.evaluation.inputs import _resolve_metrics
-from jaxlrp.hybrid import cam_methods, hybrid
-from jaxlrp.lrp import composites, rules
 from jaxlrp.metrics import helpers
 from jaxlrp.models.vgg import VGG
 

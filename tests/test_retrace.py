@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxlrp._hybrid import hybrid
+from jaxlrp._lrp.engine import lrp
 from jaxlrp.cam import gradcam_pp
-from jaxlrp.hybrid import hybrid
-from jaxlrp.lrp.engine import lrp
 from jaxlrp.models.vgg import VGG, nnx_to_linen
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -100,9 +100,10 @@ import threading  # noqa: E402
 import weakref  # noqa: E402
 
 import jaxlrp  # noqa: E402
-from jaxlrp import _cache, tracing  # noqa: E402
-from jaxlrp.lrp import composites as K  # noqa: E402
-from jaxlrp.lrp import rules as R  # noqa: E402
+from jaxlrp import _cache  # noqa: E402
+from jaxlrp import _tracing as tracing  # noqa: E402
+from jaxlrp._lrp import composites as K  # noqa: E402
+from jaxlrp._lrp import rules as R  # noqa: E402
 
 JIT_NAME = "jit(_trampoline)"  # the cached eager explainers (jaxlrp._cache.jit_call)
 LOW = np.array([-1.0, -2.0, -3.0], np.float32)

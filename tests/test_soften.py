@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxlrp._lrp import composites, lrp
+from jaxlrp._lrp import rules as R
+from jaxlrp._tracing import as_adapter, layers
 from jaxlrp.cam import gradcam
 from jaxlrp.errors import ExplanationError
-from jaxlrp.lrp import composites, lrp
-from jaxlrp.lrp import rules as R
 from jaxlrp.models import VGG, ResNet
 from jaxlrp.models.softening import soft_relu, soften, softened_beta
 from jaxlrp.models.vgg import nnx_to_linen
-from jaxlrp.tracing import as_adapter, layers
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ def methods() -> tuple[str, ...]:
 
 def hybrid_cams() -> tuple[str, ...]:
     """CAMs the hybrid can use (``--cam``): every registered CAM method with a map."""
-    from jaxlrp.hybrid import cam_methods
+    from jaxlrp._hybrid import cam_methods
 
     return cam_methods()
 

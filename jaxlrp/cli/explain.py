@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from jaxlrp import explainers as _explainers
-from jaxlrp.atomic import atomic_write
+from jaxlrp._atomic import atomic_write
+from jaxlrp._lrp.composites import PRESETS
 from jaxlrp.cli.common import (
     IMAGE_SUFFIXES,
     PROG,
@@ -29,7 +30,6 @@ from jaxlrp.cli.common import (
 )
 from jaxlrp.cli.loading import LoadedModel, load_model
 from jaxlrp.errors import ExplanationError
-from jaxlrp.lrp.composites import PRESETS
 
 
 def add_parser(sub: Any) -> None:
@@ -78,7 +78,7 @@ def add_parser(sub: Any) -> None:
                    help="CAM layer path (see 'jaxlrp.layers(model, x)'); default: the last "
                         "spatial layer with parameters")
     p.add_argument("--composite", default=None, choices=sorted(PRESETS),
-                   help="LRP composite preset for lrp/hybrid (jaxlrp.lrp.composites); "
+                   help="LRP composite preset for lrp/hybrid (jaxlrp.composites); "
                         "default: the model's (epsilon_plus_flat for efficientnet-lite0, "
                         "paper for the default model and checkpoints)")
     p.add_argument("--cam", default=None, choices=hybrid_cams(),
@@ -163,8 +163,8 @@ def make_runner(plan: Plan) -> Callable[[Any, Any], tuple[Any, dict]]:
     import jax
 
     from jaxlrp import explainers
+    from jaxlrp._tracing import as_adapter
     from jaxlrp.panels import explain_panels
-    from jaxlrp.tracing import as_adapter
 
     explain = explainers.get(plan.method, **plan.options)
 

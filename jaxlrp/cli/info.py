@@ -7,8 +7,8 @@ import sys
 from typing import Any
 
 from jaxlrp import explainers as _explainers
+from jaxlrp._lrp.composites import PRESETS
 from jaxlrp.cli.common import _Formatter, _say
-from jaxlrp.lrp.composites import PRESETS
 from jaxlrp.models.registry import CHECKPOINT_COMPOSITE, SHIPPED
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxlrp._validation import check_positive_int
 from jaxlrp.errors import ExplanationError
-from jaxlrp.validation import check_positive_int
 
 Batch = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxlrp.atomic import atomic_write
+from jaxlrp._atomic import atomic_write
 from jaxlrp.errors import ExplanationError
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlrp import _cache
+from jaxlrp._tracing import LinenModel, apply_checked, as_adapter
 from jaxlrp.errors import ExplanationError
 from jaxlrp.evaluation.inputs import (
     Explainer,
@@ -39,7 +40,6 @@ from jaxlrp.evaluation.storage import (
     _prepare_out,
     _save_batch,
 )
-from jaxlrp.tracing import LinenModel, apply_checked, as_adapter
 
 DEFAULT_EXPLAINERS = ("gradcam", "gradcam++", "lrp", "hybrid")
 

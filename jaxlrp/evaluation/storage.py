@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxlrp.atomic import atomic_write
+from jaxlrp._atomic import atomic_write
 from jaxlrp.errors import ExplanationError
 
 _BATCH_DIR = "batches"

@@ -17,6 +17,31 @@ Write a new one with :mod:`jaxlrp.metrics.helpers` (see ``docs/metrics.md``).
 from __future__ import annotations
 
 from jaxlrp.metrics import helpers
+from jaxlrp.metrics._complexity import complexity, effective_complexity, sparseness
+from jaxlrp.metrics._faithfulness import (
+    curve_auc,
+    faithfulness_correlation,
+    monotonicity,
+    normalised_auc,
+    pixel_flipping,
+    region_perturbation,
+)
+from jaxlrp.metrics._localisation import (
+    attribution_localisation,
+    auc,
+    pointing_game,
+    relevance_mass_accuracy,
+    relevance_rank_accuracy,
+    top_k_intersection,
+)
+from jaxlrp.metrics._randomisation import (
+    efficient_mprt,
+    model_parameter_randomisation,
+    parameter_layers,
+    random_logit,
+    smooth_mprt,
+)
+from jaxlrp.metrics._robustness import avg_sensitivity, local_lipschitz_estimate, max_sensitivity
 from jaxlrp.metrics.base import (
     METRICS,
     Metric,
@@ -27,31 +52,6 @@ from jaxlrp.metrics.base import (
     names,
     unregister,
 )
-from jaxlrp.metrics.complexity import complexity, effective_complexity, sparseness
-from jaxlrp.metrics.faithfulness import (
-    curve_auc,
-    faithfulness_correlation,
-    monotonicity,
-    normalised_auc,
-    pixel_flipping,
-    region_perturbation,
-)
-from jaxlrp.metrics.localisation import (
-    attribution_localisation,
-    auc,
-    pointing_game,
-    relevance_mass_accuracy,
-    relevance_rank_accuracy,
-    top_k_intersection,
-)
-from jaxlrp.metrics.randomisation import (
-    efficient_mprt,
-    model_parameter_randomisation,
-    parameter_layers,
-    random_logit,
-    smooth_mprt,
-)
-from jaxlrp.metrics.robustness import avg_sensitivity, local_lipschitz_estimate, max_sensitivity
 
 __all__ = [
     "METRICS",

@@ -28,10 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxlrp._lrp import fast_forward
+from jaxlrp._tracing import Adapter, LinenModel, as_adapter
+from jaxlrp._validation import check_images, is_concrete
 from jaxlrp.errors import ExplanationError
-from jaxlrp.lrp import fast_forward
-from jaxlrp.tracing import Adapter, LinenModel, as_adapter
-from jaxlrp.validation import check_images, is_concrete
 
 # ----------------------------------------------------------------------------- validation
 
@@ -365,7 +365,7 @@ class Forward:
 
     def apply(self, params: Any, x: jax.Array) -> jax.Array:
         # max-pools with the lowering measured fastest for this backend and shape
-        # (same values and derivatives as the model's own; jaxlrp.lrp.fast_forward)
+        # (same values and derivatives as the model's own; jaxlrp._lrp.fast_forward)
         return fast_forward.apply(self.adapter, params, x)
 
     def model(self, params: Any) -> Any:
@@ -376,7 +376,7 @@ class Forward:
 
 def model_handle(model: Any, x: jax.Array, name: str = "model") -> tuple[Forward, Any, int]:
     """Wrap ``model``; check it maps x to (B, K) logits. Returns (handle, params, K)."""
-    from jaxlrp.tracing import apply_checked
+    from jaxlrp._tracing import apply_checked
 
     adapter = as_adapter(model, name)
     out = apply_checked(adapter, x)

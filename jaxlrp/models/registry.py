@@ -44,7 +44,7 @@ def _default_vgg() -> Any:
 class ModelEntry:
     """One shipped model: its name, loader, description and default LRP composite.
 
-    ``composite`` is a preset name of :data:`jaxlrp.lrp.composites.PRESETS`, used for
+    ``composite`` is a preset name of :data:`jaxlrp.composites.PRESETS`, used for
     ``lrp`` and ``hybrid`` (and their comparison panels) when no composite is given.
     """
 

@@ -15,7 +15,7 @@ evaluates that jaxpr with every ``jax.nn.relu`` / ``jax.nn.relu6`` equation (a
 ``custom_jvp_call`` of jax's ``relu``) replaced by its soft version. Nothing global is
 touched: ``jax.nn``, flax and the original classes stay as they are, for every thread.
 Equations keep their module paths (``name_stack``), hooks of the explainers run on the
-outer values (:func:`jaxlrp.tracing.hook_filter`), and the parameter layout is unchanged,
+outer values (:func:`jaxlrp._tracing.hook_filter`), and the parameter layout is unchanged,
 so layer names, LRP composites and checkpoints of the original apply to the softened copy.
 
 ReLUs are found wherever the model calls jax's ``relu`` (also through
@@ -36,8 +36,8 @@ from flax import nnx
 from jax.extend import core as jcore
 from jax.extend import source_info_util as siu
 
+from jaxlrp._tracing import LinenModel, hook_filter, rescope
 from jaxlrp.errors import ExplanationError
-from jaxlrp.tracing import LinenModel, hook_filter, rescope
 
 __all__ = ["soft_relu", "soft_relu6", "soften", "softened_beta"]
 

@@ -13,7 +13,7 @@ import torch
 from test_hybrid_peers import _setup
 from test_hybrid_peers import peer_hybrid as validated_peer_hybrid
 
-from jaxlrp.hybrid import combine
+from jaxlrp._hybrid import combine
 from jaxlrp.twins import to_torch, to_torch_input
 
 pytestmark = pytest.mark.crosscheck

@@ -33,8 +33,8 @@ from pytorch_grad_cam import (
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from jaxlrp import cam
+from jaxlrp._tracing import as_adapter
 from jaxlrp.models import VGG, ResNet, efficientnet_lite0, preprocess
-from jaxlrp.tracing import as_adapter
 from jaxlrp.twins import to_torch
 
 pytestmark = pytest.mark.crosscheck

@@ -32,7 +32,7 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from jaxlrp import cam
-from jaxlrp.tracing import as_adapter
+from jaxlrp._tracing import as_adapter
 
 pytestmark = pytest.mark.crosscheck
 

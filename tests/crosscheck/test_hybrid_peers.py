@@ -77,7 +77,7 @@ def _setup(seed):
             node.bias.value = jnp.asarray(0.1 * rng.standard_normal(node.bias.value.shape),
                                           jnp.float32)
     x = jax.random.uniform(jax.random.key(seed + 10), (4, 32, 32, 3), minval=-1.0, maxval=1.0)
-    targets = np.asarray(jnp.argmax(jaxlrp.tracing.as_adapter(model).forward(x), -1))
+    targets = np.asarray(jnp.argmax(jaxlrp._tracing.as_adapter(model).forward(x), -1))
     return model, x, targets
 
 

@@ -1,4 +1,4 @@
-"""jaxlrp.image against OpenCV (cv2.GaussianBlur, cv2.resize) and torch's bilinear upsampling."""
+"""jaxlrp._image against OpenCV (cv2.GaussianBlur, cv2.resize) and torch's bilinear upsampling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxlrp import image
+from jaxlrp import _image as image
 
 pytestmark = pytest.mark.crosscheck
 

@@ -24,9 +24,9 @@ from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import EpsilonAlpha2Beta1, EpsilonGammaBox, EpsilonPlusFlat
 from zennit.torchvision import ResNetCanonizer
 
-from jaxlrp.lrp import composites, lrp
+from jaxlrp._lrp import composites, lrp
+from jaxlrp._tracing import as_adapter
 from jaxlrp.models import VGG, ResNet
-from jaxlrp.tracing import as_adapter
 from jaxlrp.twins import from_torch_map, to_torch, to_torch_input
 
 pytestmark = pytest.mark.crosscheck

@@ -54,8 +54,8 @@ from lxt.efficient.rules import divide_gradient
 from torch import nn
 from torchvision.models import vision_transformer as tv_vit
 
-from jaxlrp.lrp import composites, lrp
-from jaxlrp.lrp import rules as R
+from jaxlrp._lrp import composites, lrp
+from jaxlrp._lrp import rules as R
 
 pytestmark = pytest.mark.crosscheck
 

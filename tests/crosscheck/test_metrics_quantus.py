@@ -29,7 +29,7 @@ import torch
 from flax import nnx
 
 from jaxlrp import metrics as M
-from jaxlrp.tracing import as_adapter
+from jaxlrp._tracing import as_adapter
 
 pytestmark = pytest.mark.crosscheck
 
@@ -336,7 +336,7 @@ def test_mprt_spearman_matches_scipy(env):
     assert scores.shape == (B, 3)
     # Recompute the first column (output layer randomised) by hand with scipy.
     from jaxlrp.metrics._common import model_handle
-    from jaxlrp.metrics.randomisation import _randomised
+    from jaxlrp.metrics._randomisation import _randomised
 
     fwd, params, _ = model_handle(env["net"], jnp.asarray(env["x"]))
     rp = _randomised(fwd, params, ["d"], k, ["d", "c2", "c1"])

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxlrp._validation import check_range
 from jaxlrp.errors import ExplanationError
 from jaxlrp.metrics._common import (
     batched_apply,
@@ -38,7 +39,6 @@ from jaxlrp.metrics._common import (
 )
 from jaxlrp.metrics.base import metric
 from jaxlrp.typing import Explainer
-from jaxlrp.validation import check_range
 
 
 def _norm(v: jax.Array, kind: str) -> jax.Array:

@@ -1,4 +1,4 @@
-"""The JAX primitives the LRP graph reads, by the role they play (:mod:`jaxlrp.lrp.graph`)."""
+"""The JAX primitives the LRP graph reads, by the role they play (:mod:`jaxlrp._lrp.graph`)."""
 
 _CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 _CALL_PRIMS = {

@@ -1,7 +1,7 @@
 """The model as a graph of LRP layers, read from its jaxpr.
 
 A model is traced once with :func:`jax.make_jaxpr` (module paths recorded in
-each equation's name stack, see :mod:`jaxlrp.tracing`). Call-like equations
+each equation's name stack, see :mod:`jaxlrp._tracing`). Call-like equations
 (``jit``, ``custom_jvp_call``, ...) are inlined, values are split into
 *activations* (depending on the input image) and *constants* (parameters,
 literals), and the equations on the activation path are grouped into nodes:
@@ -16,7 +16,7 @@ kind           equations                                                    defa
 ``activation`` elementwise functions of one activation (ReLU, ReLU6, ...)   Pass
 ``gradient``   reshape, transpose, max-pool, concat, pad, slice, gather     Gradient
 ``norm``       LayerNorm/GroupNorm/RMSNorm/... (statistics, centring,       NormEpsilon
-               scale, bias; see :mod:`jaxlrp.lrp.patterns`)
+               scale, bias; see :mod:`jaxlrp._lrp.patterns`)
 ``softmax``    ``exp(x - c) / sum(exp(x - c))``                             SoftmaxDTD
 ``product``    two activations multiplied: ``dot_general`` (Q K^T, A V),   Uniform
                ``a * b``, ``a / b`` (gates)
@@ -27,7 +27,7 @@ Upsampling with ``jax.image.resize`` is a ``dense`` node (a constant interpolati
 matrix, "linear"/"cubic") or a ``gradient`` node (``gather``, "nearest"); a transposed
 convolution is a ``conv`` node (``conv_general_dilated`` with ``lhs_dilation``).
 
-Canonizers (:mod:`jaxlrp.lrp.canonizers`) then rewrite the node list, for
+Canonizers (:mod:`jaxlrp.canonizers`) then rewrite the node list, for
 example folding BatchNorm's affine equations into the preceding conv.
 Anything else on the activation path raises
 :class:`~jaxlrp.errors.UnsupportedOperationError` naming the primitive and the
@@ -44,11 +44,10 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
-from jaxlrp.errors import UnsupportedOperationError
-from jaxlrp.lrp import patterns, pooling
+from jaxlrp._lrp import patterns, pooling
 
 # ----------------------------------------------------------------------------- primitives
-from jaxlrp.lrp.primitives import (  # noqa: F401 - re-exported for the rewrites
+from jaxlrp._lrp.primitives import (  # noqa: F401 - re-exported for the rewrites
     _CALL_PARAMS,
     _CALL_PRIMS,
     AFFINE,
@@ -59,6 +58,7 @@ from jaxlrp.lrp.primitives import (  # noqa: F401 - re-exported for the rewrites
     POOL_CORE,
     SUPPORTED,
 )
+from jaxlrp.errors import UnsupportedOperationError
 
 # ----------------------------------------------------------------------------- flat equations
 
@@ -179,7 +179,7 @@ def flatten(
 def evaluate(eqns: Sequence[Eqn], env: dict[int, Any]) -> dict[int, Any]:
     """Run ``eqns`` in order, reading and writing ``env`` (id -> value).
 
-    ``reduce_window_max`` runs as :func:`jaxlrp.lrp.pooling.window_max`: the same
+    ``reduce_window_max`` runs as :func:`jaxlrp._lrp.pooling.window_max`: the same
     values, and a derivative that is the same (ties included) but much faster.
     """
     for e in eqns:

@@ -23,11 +23,11 @@ from typing import Any
 
 import jax
 
+from jaxlrp._lrp import attention_rules as AR
+from jaxlrp._lrp import elementwise_rules as ER
+from jaxlrp._lrp import norm_rules as NR
+from jaxlrp._lrp import rules as R
 from jaxlrp.errors import ExplanationError
-from jaxlrp.lrp import attention_rules as AR
-from jaxlrp.lrp import elementwise_rules as ER
-from jaxlrp.lrp import norm_rules as NR
-from jaxlrp.lrp import rules as R
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +69,7 @@ class LayerMap:
     Precedence: path, then module type, then first layer, then kind.
     ``paths`` maps a module path, or a path prefix ending in ``/``-separated parts,
     to a rule. Every path must match some layer of the model, else
-    :func:`jaxlrp.lrp.lrp` raises an error listing the available paths. It is stored as
+    :func:`jaxlrp._lrp.lrp` raises an error listing the available paths. It is stored as
     a tuple of ``(path, rule)`` pairs sorted by path, so that a LayerMap is a value
     (equal maps hash alike; it is a pytree whose array leaves, e.g. ``ZBox`` bounds, are
     passed to the compiled explainer rather than keyed on).
@@ -190,7 +190,7 @@ def paper(epsilon: float = 0.0, stabilizer: float = 1e-9) -> LayerMap:
     """The hybrid paper's LRP: Alpha1-Beta0 on conv layers, Epsilon(0) on dense layers.
 
     The re-implementation uses Captum, whose Alpha1_Beta0 rule clamps the weights to
-    their positive part and keeps the bias (:class:`~jaxlrp.lrp.rules.WPlus`); with
+    their positive part and keeps the bias (:class:`~jaxlrp.rules.WPlus`); with
     inputs and biases >= 0 this equals z+. Epsilon(0) divides safely (0/0 := 0).
     """
     return LayerMap(conv=R.WPlus(stabilizer), dense=R.Epsilon(epsilon),
@@ -248,7 +248,7 @@ def attn_lrp(epsilon: float = 1e-6) -> LayerMap:
 
 def cp_lrp(epsilon: float = 1e-6) -> LayerMap:
     """CP-LRP (Ali et al., ICML 2022): AttnLRP's rules, but attention weights and gates are
-    constants (:class:`~jaxlrp.lrp.attention_rules.HoldConstant`; the softmax gets no
+    constants (:class:`~jaxlrp._lrp.attention_rules.HoldConstant`; the softmax gets no
     relevance), so ``A V`` sends all relevance to the values, as LXT's ``cp_LRP`` maps."""
     rule = R.Epsilon(epsilon)
     return LayerMap(conv=rule, dense=rule, pool=rule, sum=rule,

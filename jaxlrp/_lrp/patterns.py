@@ -28,7 +28,7 @@ rule"), which makes it an affine map of ``x``: the centring ``x - mean(x)`` stay
 linear, the scale ``1/std`` is a constant. ``Region.lin`` lists the equations that map
 ``x`` to the output when ``s`` is fixed.
 
-``stop_gradient`` ends the activation path (:func:`jaxlrp.lrp.graph.build`): its output
+``stop_gradient`` ends the activation path (:func:`jaxlrp._lrp.graph.build`): its output
 is a constant for LRP, as it is for the gradient.
 """
 
@@ -114,7 +114,7 @@ def _walk(v: int, root: int, inside: set[int], idx: _Index) -> tuple[bool, bool,
     Returns (reaches ``root`` without a reduction, crosses a reduction, meets only
     elementwise/shape operations).
     """
-    from jaxlrp.lrp.primitives import ELEMENTWISE
+    from jaxlrp._lrp.primitives import ELEMENTWISE
 
     seen = {v}
     stack = [v]
@@ -161,7 +161,7 @@ def _region_from(root: int, core: int, out_anc: set[int], idx: _Index) -> list[i
             desc.update(e.outs)
             if i == core or any(o in out_anc for o in e.outs):
                 region.append(i)
-    from jaxlrp.lrp.primitives import ELEMENTWISE
+    from jaxlrp._lrp.primitives import ELEMENTWISE
 
     allowed = ELEMENTWISE | SHAPE_OPS | REDUCTIONS
     if any(idx.eqns[i].name not in allowed for i in region):

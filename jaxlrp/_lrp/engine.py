@@ -1,9 +1,9 @@
 """The LRP interpreter: one forward pass over the traced graph, one relevance pass back.
 
 ``lrp(model, x, target)`` traces the model (NNX or Linen) to a graph of layers
-(:mod:`jaxlrp.lrp.graph`), applies canonizers (:mod:`jaxlrp.lrp.canonizers`),
-asks the composite (:mod:`jaxlrp.lrp.composites`) for each layer's rule
-(:mod:`jaxlrp.lrp.rules`), runs the forward equations once and then walks the
+(:mod:`jaxlrp._lrp.graph`), applies canonizers (:mod:`jaxlrp.canonizers`),
+asks the composite (:mod:`jaxlrp.composites`) for each layer's rule
+(:mod:`jaxlrp.rules`), runs the forward equations once and then walks the
 layers backwards. Everything is ordinary JAX, so the result composes with
 ``jax.jit``, ``jax.vmap`` and ``jax.grad`` (second order included).
 
@@ -26,15 +26,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxlrp import _cache
+from jaxlrp._lrp import attention_rules as A
+from jaxlrp._lrp import canonizers as C
+from jaxlrp._lrp import composites as K
+from jaxlrp._lrp import memory as M
+from jaxlrp._lrp import rules as R
+from jaxlrp._lrp.graph import Graph, Lit, Node, evaluate, feature_axis, trace
+from jaxlrp._tracing import all_concrete, apply_checked, as_adapter, static_key
+from jaxlrp._validation import check_images, finite_rows, poison, static_targets, valid_targets
 from jaxlrp.errors import ExplanationError
-from jaxlrp.lrp import attention_rules as A
-from jaxlrp.lrp import canonizers as C
-from jaxlrp.lrp import composites as K
-from jaxlrp.lrp import memory as M
-from jaxlrp.lrp import rules as R
-from jaxlrp.lrp.graph import Graph, Lit, Node, evaluate, feature_axis, trace
-from jaxlrp.tracing import all_concrete, apply_checked, as_adapter, static_key
-from jaxlrp.validation import check_images, finite_rows, poison, static_targets, valid_targets
 
 
 @functools.partial(
@@ -248,13 +248,13 @@ def lrp(
       x: (B, H, W, C) images, as the model takes them.
       target: an int, a (B,) int array or ``"predicted"``.
       composite: a composite (``LayerContext -> rule``), a preset name, or None for
-        :func:`jaxlrp.lrp.composites.paper`.
-      canonizers: graph rewrites; default :func:`jaxlrp.lrp.canonizers.default`.
+        :func:`jaxlrp.composites.paper`.
+      canonizers: graph rewrites; default :func:`jaxlrp.canonizers.default`.
       init: ``"logit"`` (relevance sums to the target logit) or ``"one_hot"`` (sums to 1).
       return_layers: also return a list of :class:`LayerRelevance`, input side first.
       batch_chunk: explain this many examples at a time (``jax.lax.map`` inside one
         compiled function): same maps, memory bounded by the chunk
-        (:mod:`jaxlrp.lrp.memory`).
+        (:mod:`jaxlrp._lrp.memory`).
       checkpoint: run each layer's rule under ``jax.checkpoint`` (recomputed, not
         stored, when the explanation is differentiated).
 

@@ -43,8 +43,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxlrp._lrp.rules import _check_eps, divide
 from jaxlrp.errors import ExplanationError
-from jaxlrp.lrp.rules import _check_eps, divide
 
 Array = jax.Array
 

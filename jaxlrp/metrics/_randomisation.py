@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxlrp._validation import is_concrete
 from jaxlrp.errors import ExplanationError
 from jaxlrp.metrics._common import (
     Forward,
@@ -36,9 +37,8 @@ from jaxlrp.metrics._common import (
     preprocess,
     similarity_fn,
 )
+from jaxlrp.metrics._robustness import Explainer, _check_explain
 from jaxlrp.metrics.base import metric
-from jaxlrp.metrics.robustness import Explainer, _check_explain
-from jaxlrp.validation import is_concrete
 
 _EXPLAIN = "explain(model, x, target)"
 

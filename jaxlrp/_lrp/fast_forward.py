@@ -1,10 +1,10 @@
 """Run a model (or any JAX function) with the fastest max-pool lowering.
 
 ``call(fn, *args)`` traces ``fn`` to a jaxpr and evaluates it equation by equation,
-running every ``reduce_window_max`` through :func:`jaxlrp.lrp.pooling.max_pool`, which
+running every ``reduce_window_max`` through :func:`jaxlrp._lrp.pooling.max_pool`, which
 chooses per backend and shape which lowering computes the values and which one
 supplies the derivative (XLA's ``reduce_window_max`` / ``select_and_scatter_add``, or
-the select chain of :func:`jaxlrp.lrp.pooling.window_max`). Values and derivatives are
+the select chain of :func:`jaxlrp._lrp.pooling.window_max`). Values and derivatives are
 identical to running ``fn`` itself; only the speed changes (see
 ``benchmarks/bench_pooling.py`` for the measured rule).
 
@@ -26,7 +26,7 @@ from typing import Any
 import jax
 from jax.extend import core as jcore
 
-from jaxlrp.lrp import pooling
+from jaxlrp._lrp import pooling
 
 _CALLS = {"pjit", "jit", "closed_call", "core_call"}
 
@@ -103,7 +103,7 @@ def call(fn: Callable[..., Any], *args: Any, pool: tuple[str, str] | None = None
         trace, so return what you need instead.
       args: its arguments (pytrees of arrays).
       pool: ``(forward, derivative)`` lowerings forced for every max-pool (each
-        ``"xla"`` or ``"select"``); default: :func:`jaxlrp.lrp.pooling.lowering`.
+        ``"xla"`` or ``"select"``); default: :func:`jaxlrp._lrp.pooling.lowering`.
       kernels: a function applied to every convolution kernel first (for example
         ``lambda w: jnp.maximum(w, 0)`` for the z+ network); default: unchanged.
     Returns:
@@ -124,5 +124,5 @@ def call(fn: Callable[..., Any], *args: Any, pool: tuple[str, str] | None = None
 
 
 def apply(adapter: Any, params: Any, x: jax.Array) -> jax.Array:
-    """``adapter.apply(params, x)`` (a :class:`jaxlrp.tracing.Adapter`) through :func:`call`."""
+    """``adapter.apply(params, x)`` (a :class:`jaxlrp._tracing.Adapter`) through :func:`call`."""
     return call(adapter.apply, params, x)

@@ -88,7 +88,7 @@ def chunked(explain: Callable[..., jax.Array], chunk_size: int) -> Callable[...,
 
     Example::
 
-        maps = jaxlrp.lrp.memory.chunked(jaxlrp.hybrid, 8)(model, x, "predicted")
+        maps = jaxlrp._lrp.memory.chunked(jaxlrp.hybrid, 8)(model, x, "predicted")
 
     ``target`` is ``"predicted"``, an int or a (B,) int array; ``explain`` must treat
     examples independently (every jaxlrp explainer does).
@@ -111,7 +111,7 @@ def chunked(explain: Callable[..., jax.Array], chunk_size: int) -> Callable[...,
     def run(model: Any, x: Any, target: Any = "predicted", **kwargs: Any) -> jax.Array:
         from flax import nnx
 
-        from jaxlrp.validation import check_images
+        from jaxlrp._validation import check_images
 
         x = check_images(x)
         t = None if isinstance(target, str) else jnp.broadcast_to(
@@ -139,8 +139,8 @@ class Checkpointed:
     composite: Any
 
     def __call__(self, ctx: Any) -> Any:
-        from jaxlrp.lrp import composites as K
-        from jaxlrp.lrp import rules as R
+        from jaxlrp._lrp import composites as K
+        from jaxlrp._lrp import rules as R
 
         rule = self.composite(ctx)
         if rule is None:

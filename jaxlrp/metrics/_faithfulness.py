@@ -1,6 +1,6 @@
 """Faithfulness metrics: does removing what the map calls relevant change the output?
 
-Inputs: ``model`` (anything :func:`jaxlrp.tracing.as_adapter` accepts), images
+Inputs: ``model`` (anything :func:`jaxlrp._tracing.as_adapter` accepts), images
 ``x`` (B, H, W, C), labels ``y`` (B,) ints, attributions ``a`` (B, H, W) or
 (B, H, W, C). Maps are preprocessed as in Quantus (normalise by max |a| per
 example, ``abs`` per metric; see :mod:`jaxlrp.metrics._common`).
@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlrp._validation import is_concrete
 from jaxlrp.errors import ExplanationError
 from jaxlrp.metrics._common import (
     baseline_values,
@@ -52,7 +53,6 @@ from jaxlrp.metrics._common import (
     spearman,
 )
 from jaxlrp.metrics.base import metric
-from jaxlrp.validation import is_concrete
 
 
 def _setup(model: Any, x: Any, y: Any, a: Any, normalise: bool, abs: bool):  # noqa: A002

@@ -14,7 +14,7 @@ IdentityOrEpsilon(eps)  affine chain (``+ c``, ``* c``, ``/ c``): affine: no wit
                         ``R`` (the identity rule)                nonlinear: yes
 ======================  =======================================  ============================
 
-:class:`jaxlrp.lrp.rules.Pass` is the identity everywhere (conservative).
+:class:`jaxlrp.rules.Pass` is the identity everywhere (conservative).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jaxlrp.lrp.rules import Pass, _check_eps, divide
+from jaxlrp._lrp.rules import Pass, _check_eps, divide
 
 
 @dataclasses.dataclass(frozen=True)

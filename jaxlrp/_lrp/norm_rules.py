@@ -1,6 +1,6 @@
 """LRP rules for normalisation layers (LayerNorm, GroupNorm, RMSNorm, InstanceNorm, ...).
 
-A ``norm`` node (recognised by :mod:`jaxlrp.lrp.patterns`) computes, for example,
+A ``norm`` node (recognised by :mod:`jaxlrp._lrp.patterns`) computes, for example,
 
     y = (x - mean(x)) * s(x) * gamma + beta,    s(x) = 1 / sqrt(var(x) + eps_ln)
 
@@ -32,8 +32,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jaxlrp._lrp.rules import _check_eps, divide
 from jaxlrp.errors import ExplanationError
-from jaxlrp.lrp.rules import _check_eps, divide
 
 
 def _needs_norm(rule, layer) -> None:

@@ -2,7 +2,7 @@
 
 A canonizer is a function ``Graph -> Graph``. They run after tracing and
 before rules are assigned, like Zennit's canonizers, but they never touch the
-user's model: they rewrite :class:`~jaxlrp.lrp.graph.Graph` nodes.
+user's model: they rewrite :class:`~jaxlrp._lrp.graph.Graph` nodes.
 
 * :func:`merge_batchnorm` folds the elementwise affine equations that directly
   follow a conv/dense/pooling layer (its bias, a BatchNorm in inference mode,
@@ -12,7 +12,7 @@ user's model: they rewrite :class:`~jaxlrp.lrp.graph.Graph` nodes.
 
 Residual adds need no canonizer: the graph already marks an ``add`` of two
 activations as a ``sum`` node, which the composites route through the
-proportional :class:`~jaxlrp.lrp.rules.Norm` rule (Zennit needs a ResNet
+proportional :class:`~jaxlrp.rules.Norm` rule (Zennit needs a ResNet
 canonizer for that).
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from jaxlrp.lrp.graph import AFFINE, Graph, Node, feature_axis, sort_nodes
+from jaxlrp._lrp.graph import AFFINE, Graph, Node, feature_axis, sort_nodes
 
 Canonizer = Callable[[Graph], Graph]
 
@@ -78,7 +78,7 @@ def merge_batchnorm(graph: Graph) -> Graph:
 
 
 def default() -> tuple[Canonizer, ...]:
-    """The canonizers :func:`jaxlrp.lrp.lrp` applies unless told otherwise."""
+    """The canonizers :func:`jaxlrp._lrp.lrp` applies unless told otherwise."""
     return (merge_batchnorm,)
 
 

@@ -14,7 +14,7 @@ Everything is built from differentiable ``lax`` primitives: ``jax.jvp``,
 :func:`max_pool` picks, per backend and shape, which lowering computes the values
 (XLA's ``reduce_window_max`` or the select chain) and which one supplies the
 derivative (:func:`lowering`); both give identical values and identical derivatives,
-so the choice only changes speed. :mod:`jaxlrp.lrp.fast_forward` runs a whole model
+so the choice only changes speed. :mod:`jaxlrp._lrp.fast_forward` runs a whole model
 with it.
 """
 

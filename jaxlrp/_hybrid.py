@@ -19,7 +19,7 @@ Pipeline (defaults from the paper's public re-implementation, all parameters):
    box filter); ``sigma`` changes it.
 
 The CAM and the LRP share one forward pass
-(:func:`jaxlrp.lrp.engine.lrp_with_layer_gradient`). Steps 2-5 are
+(:func:`jaxlrp._lrp.engine.lrp_with_layer_gradient`). Steps 2-5 are
 :func:`combine`, a pure function of ``(cam, relevance)`` made of small steps, usable
 under ``jax.jit`` and ``jax.vmap`` on any backend. Every per-image normalisation is
 safe on all-zero maps (they stay zero, no NaN).
@@ -34,14 +34,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxlrp import _cache, image
+from jaxlrp import _cache
+from jaxlrp import _image as image
 from jaxlrp import cam as _cam
-from jaxlrp.errors import ExplanationError
-from jaxlrp.lrp import canonizers as C
-from jaxlrp.lrp import composites as K
-from jaxlrp.lrp.engine import lrp_with_layer_gradient
-from jaxlrp.tracing import all_concrete, apply_checked, as_adapter, static_key
-from jaxlrp.validation import (
+from jaxlrp._lrp import canonizers as C
+from jaxlrp._lrp import composites as K
+from jaxlrp._lrp.engine import lrp_with_layer_gradient
+from jaxlrp._tracing import all_concrete, apply_checked, as_adapter, static_key
+from jaxlrp._validation import (
     check_images,
     check_positive_int,
     check_range,
@@ -50,6 +50,7 @@ from jaxlrp.validation import (
     static_targets,
     valid_targets,
 )
+from jaxlrp.errors import ExplanationError
 
 
 def cam_methods() -> tuple[str, ...]:
@@ -185,7 +186,7 @@ def hybrid(
       layer: CAM layer path; None is the last spatial layer with parameters (CNNs) or
         the last block whose patch tokens influence the logits (ViTs).
       threshold: denoising threshold in [0, 1].
-      composite: LRP composite (None: :func:`jaxlrp.lrp.composites.paper`).
+      composite: LRP composite (None: :func:`jaxlrp.composites.paper`).
       canonizers: LRP canonizers (None: BatchNorm folding).
       reduce: channel reduction of the relevance (``mean``: signed mean, the paper's).
       ksize: odd Gaussian kernel size; sigma: its standard deviation (> 0).
