@@ -44,8 +44,9 @@ from pathlib import Path
 import numpy as np
 
 import jaxlrp
+from jaxlrp.cli.evaluate import photos_batches
 from jaxlrp.errors import ExplanationError
-from jaxlrp.evaluation import Results, evaluate, photos_batches
+from jaxlrp.evaluation import Results, evaluate
 
 EXPLAINERS = ("gradcam", "gradcam++", "lrp", "hybrid")
 BASELINES = ("gradcam", "lrp")  # the two methods the paper compares the hybrid with
