@@ -43,9 +43,9 @@ LN_EPSILON = 1e-6
 # The architecture of the shipped ConvNeXt (constructor kwargs of ConvNeXt / ConvNeXtLinen).
 CONFIG: dict[str, Any] = {
     "num_classes": 8,
-    "widths": (32, 64, 128),  # 64x64 input, stem 4 -> stages at 16x16, 8x8, 4x4
+    "widths": (32, 64, 128),  # 64x64 input, stem 8 -> stages at 8x8, 4x4, 2x2
     "depths": (1, 1, 1),
-    "stem_size": 4,
+    "stem_size": 8,
     "layer_scale": 0.1,
     "in_channels": 3,
     "input_size": 64,
@@ -58,7 +58,7 @@ RECIPE: dict[str, Any] = {
     "weight_decay": 0.05,
     "seed": 0,
     "augment": "flips+rot90",
-    "phases": ((14, 2e-3),),
+    "phases": ((18, 2e-3),),
 }
 
 _w_init = scaled_normal(1.0)  # LeCun normal

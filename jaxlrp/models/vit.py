@@ -42,10 +42,10 @@ LN_EPSILON = 1e-6
 CONFIG: dict[str, Any] = {
     "num_classes": 8,
     "patch_size": 8,  # 64x64 input -> 8x8 = 64 patch tokens + 1 class token
-    "dim": 64,
-    "depth": 4,
-    "num_heads": 4,
-    "mlp_dim": 128,
+    "dim": 32,
+    "depth": 3,
+    "num_heads": 2,
+    "mlp_dim": 64,
     "in_channels": 3,
     "input_size": 64,
 }
@@ -57,7 +57,7 @@ RECIPE: dict[str, Any] = {
     "weight_decay": 0.05,
     "seed": 0,
     "augment": "flips+rot90",
-    "phases": ((22, 1e-3),),
+    "phases": ((24, 2e-3),),
 }
 
 _w_init = scaled_normal(1.0)  # LeCun normal
