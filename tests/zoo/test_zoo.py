@@ -27,6 +27,7 @@ pytestmark = pytest.mark.zoo
 
 SIZE = 32  # input side: small, but every model keeps a >= 1x1 last feature map
 BATCH = 2
+VGG_SIZE = 224  # flaxmodels' VGG16 with its classifier head only accepts 224x224
 K = 10
 
 
@@ -51,8 +52,8 @@ def hf_linen(hf_model: Any) -> Any:
     return jaxlrp.linen(HFLogits(hf_model.module), {k: {"hf": v} for k, v in collections.items()})
 
 
-def _init(module: nn.Module, **kwargs: Any) -> dict:
-    x = jnp.zeros((1, SIZE, SIZE, 3), jnp.float32)
+def _init(module: nn.Module, size: int = SIZE, **kwargs: Any) -> dict:
+    x = jnp.zeros((1, size, size, 3), jnp.float32)
     return jax.jit(functools.partial(module.init, **kwargs))(jax.random.key(0), x)
 
 
@@ -67,7 +68,7 @@ def flaxmodels_vgg16() -> Any:
     import flaxmodels
 
     module = flaxmodels.VGG16(output="logits", pretrained=None, num_classes=K)
-    return jaxlrp.linen(module, _init(module, train=False), train=False)
+    return jaxlrp.linen(module, _init(module, VGG_SIZE, train=False), train=False)
 
 
 def jax_resnet_resnet18() -> Any:
@@ -112,6 +113,8 @@ BUILDERS = {
     "transformers-resnet": transformers_resnet,
     "transformers-vit": transformers_vit,
 }
+# (batch, side) of the test input per model
+INPUTS = {name: (BATCH, SIZE) for name in BUILDERS} | {"flaxmodels-vgg16": (1, VGG_SIZE)}
 
 
 @functools.cache
@@ -119,28 +122,30 @@ def model(name: str) -> Any:
     return BUILDERS[name]()
 
 
-def images() -> jax.Array:
-    return jax.random.uniform(jax.random.key(1), (BATCH, SIZE, SIZE, 3), jnp.float32)
+def images(name: str) -> jax.Array:
+    b, side = INPUTS[name]
+    return jax.random.uniform(jax.random.key(1), (b, side, side, 3), jnp.float32)
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_model_gives_logits(name: str) -> None:
     """The wrapped model is a (B, H, W, 3) -> (B, K) classifier (the precondition)."""
     m = model(name)
-    logits = m(images())
-    assert logits.shape == (BATCH, K)
+    logits = m(images(name))
+    assert logits.shape == (INPUTS[name][0], K)
     assert np.all(np.isfinite(np.asarray(logits)))
 
 
 @pytest.mark.parametrize("explainer", explainers.NAMES)
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_explainer_eager_and_jit(name: str, explainer: str) -> None:
-    m, x = model(name), images()
+    m, x = model(name), images(name)
+    b, side = INPUTS[name]
     fn = explainers.get(explainer)
     eager = np.asarray(fn(m, x, "predicted"))
-    assert eager.shape == (BATCH, SIZE, SIZE)
+    assert eager.shape == (b, side, side)
     assert np.all(np.isfinite(eager))
     jitted = np.asarray(jax.jit(lambda mm, xx: fn(mm, xx, "predicted"))(m, x))
-    assert jitted.shape == (BATCH, SIZE, SIZE)
+    assert jitted.shape == (b, side, side)
     assert np.all(np.isfinite(jitted))
     np.testing.assert_allclose(jitted, eager, rtol=1e-4, atol=1e-5)
