@@ -58,7 +58,7 @@ RECIPE: dict[str, Any] = {
     "weight_decay": 0.05,
     "seed": 0,
     "augment": "flips+rot90",
-    "phases": ((18, 2e-3),),
+    "phases": ((14, 1e-3),),
 }
 
 _w_init = scaled_normal(1.0)  # LeCun normal

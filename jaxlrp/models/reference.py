@@ -133,7 +133,7 @@ def load_reference(path: str | os.PathLike, template: Callable[[], nnx.Module],
     if not p.is_file():
         raise ExplanationError(f"path: no {name} checkpoint file at {str(p)!r}")
     graphdef, state = _cached(str(p.resolve()), p.stat().st_mtime_ns, template)
-    model = nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, state, copy=True)  # no Variable shared with the cache
     model.eval()
     return model
 
