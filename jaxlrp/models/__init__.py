@@ -1,4 +1,4 @@
-"""Reference models (VGG-style, ResNet-style, EfficientNet-Lite0) in Flax NNX and Linen.
+"""Reference models (VGG, ResNet, ViT, ConvNeXt, EfficientNet-Lite0) in Flax NNX and Linen.
 
 Submodules are imported lazily so that ``import jaxlrp`` stays fast.
 """
@@ -20,6 +20,14 @@ _LAZY = {
     "preprocess": "efficientnet",
     "imagenet_classes": "efficientnet",
     "soften": "softening",
+    "ViT": "vit",
+    "ViTLinen": "vit",
+    "vit_model": "vit",
+    "vit_linen": "vit",
+    "ConvNeXt": "convnext",
+    "ConvNeXtLinen": "convnext",
+    "convnext_model": "convnext",
+    "convnext_linen": "convnext",
 }
 
 

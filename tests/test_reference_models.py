@@ -1,0 +1,169 @@
+"""The shipped reference ViT and ConvNeXt: loaders, NNX == Linen, accuracy, size, layout."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxlrp
+from jaxlrp import checkpoint
+from jaxlrp.data import embedded
+from jaxlrp.errors import ExplanationError
+from jaxlrp.models import convnext, vit
+from jaxlrp.models.vgg import load_linen_variables, nnx_to_linen_variables
+from jaxlrp.tracing import LinenModel
+
+MODELS = {
+    "vit": (vit, vit.vit_model, vit.vit_linen, vit.ViT, vit.ViTLinen),
+    "convnext": (convnext, convnext.convnext_model, convnext.convnext_linen,
+                 convnext.ConvNeXt, convnext.ConvNeXtLinen),
+}
+SAMPLE = 256  # first images of the embedded test split (seed 0)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return embedded("test", n=SAMPLE, seed=0)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_shipped_file_is_small_and_safe(name):
+    module = MODELS[name][0]
+    assert module.PATH.is_file()
+    assert module.PATH.stat().st_size < 5 * 2**20
+    header = checkpoint.read_header(module.PATH)  # msgpack + JSON, checksum verified
+    assert header["metadata"]["dataset"] == "embedded"
+    assert header["metadata"]["recipe"] == {
+        **module.RECIPE, "phases": [list(p) for p in module.RECIPE["phases"]]
+    }
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_loaders(name, sample):
+    module, load, load_linen, nnx_cls, linen_cls = MODELS[name]
+    model = load()
+    assert type(model) is nnx_cls
+    assert model.config() == {**module.CONFIG, **{
+        k: list(v) for k, v in module.CONFIG.items() if isinstance(v, tuple)
+    }, "input_size": [64, 64]}
+    # each call returns an independent module
+    other = load()
+    other.head.bias[...] = other.head.bias[...] + 1.0
+    assert not np.allclose(np.asarray(load().head.bias[...]), np.asarray(other.head.bias[...]))
+    pair = load_linen()
+    assert isinstance(pair, LinenModel) and isinstance(pair.module, linen_cls)
+    logits = model(sample.images[:4])
+    assert logits.shape == (4, 8)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_nnx_and_linen_give_identical_logits(name, sample):
+    _, load, load_linen, _, _ = MODELS[name]
+    a = np.asarray(jax.jit(lambda x: load()(x))(sample.images[:64]))
+    b = np.asarray(jax.jit(lambda x: load_linen()(x))(sample.images[:64]))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(a.argmax(-1), b.argmax(-1))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_linen_init_has_the_shipped_layout(name):
+    """A fresh Linen init has exactly the keys and shapes of the NNX model's variables."""
+    _, load, load_linen, _, _ = MODELS[name]
+    module = load_linen().module
+    init = module.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
+    shapes = jax.tree_util.tree_map(lambda a: tuple(a.shape), dict(init))
+    ours = jax.tree_util.tree_map(lambda a: tuple(a.shape), nnx_to_linen_variables(load()))
+    assert shapes == ours
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_accuracy_on_fixed_sample(name, sample):
+    from jaxlrp.training import evaluate_accuracy
+
+    _, load, load_linen, _, _ = MODELS[name]
+    acc = evaluate_accuracy(load(), sample)
+    assert acc >= 0.9, acc
+    assert evaluate_accuracy(load_linen(), sample) == acc
+
+
+def test_vit_blocks_output_tokens():
+    """The last block's call outputs the token sequence (B, 1 + h*w, D)."""
+    model = vit.build_vit(0)
+    cfg = model.config()
+    grid = 64 // cfg["patch_size"]
+    infos = {i.path: i for i in jaxlrp.layers(model, (2, 64, 64, 3))}
+    last = f"blocks/{cfg['depth'] - 1}"
+    assert infos[last].shape == (2, 1 + grid * grid, cfg["dim"])
+    linen_infos = {i.path: i for i in jaxlrp.layers(
+        vit.to_linen(model, vit.linen_module(model)), (2, 64, 64, 3))}
+    assert linen_infos[last].shape == infos[last].shape
+
+
+def test_convnext_blocks_are_spatial():
+    model = convnext.build_convnext(0)
+    infos = {i.path: i.shape for i in jaxlrp.layers(model, (2, 64, 64, 3))}
+    s = model.config()["stem_size"]
+    for i, w in enumerate(model.config()["widths"]):
+        side = 64 // s // 2**i
+        assert infos[f"stages/{i}/0"] == (2, side, side, w)
+
+
+def _perturb(tree, rng):
+    return jax.tree_util.tree_map(
+        lambda a: a + 0.1 * rng.standard_normal(a.shape).astype(a.dtype), tree)
+
+
+def test_nnx_linen_agree_on_random_weights():
+    """Same arrays in both frameworks give the same logits (not only the shipped ones)."""
+    x = np.asarray(jax.random.uniform(jax.random.key(3), (2, 64, 64, 3)))
+    for build, linen_module in ((vit.build_vit, vit.linen_module),
+                                (convnext.build_convnext, convnext.linen_module)):
+        model = build(5)
+        variables = nnx_to_linen_variables(model)
+        noisy = _perturb(variables, np.random.default_rng(0))
+        load_linen_variables(model, noisy)
+        np.testing.assert_allclose(np.asarray(model(x)),
+                                   np.asarray(linen_module(model).apply(noisy, x)),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(dim=30, num_heads=4), "num_heads"),
+    (dict(patch_size=7), "input_size"),
+    (dict(depth=0), "depth"),
+])
+def test_vit_config_errors(bad, match):
+    with pytest.raises(ExplanationError, match=match):
+        vit.build_vit(0, **bad)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(depths=(1, 1)), "depths"),
+    (dict(stem_size=5), "input_size"),
+    (dict(layer_scale=0.0), "layer_scale"),
+])
+def test_convnext_config_errors(bad, match):
+    with pytest.raises(ExplanationError, match=match):
+        convnext.build_convnext(0, **bad)
+
+
+def test_wrong_input_shape_is_an_explanation_error():
+    with pytest.raises(ExplanationError, match="x: ViT expects"):
+        vit.build_vit(0)(np.zeros((1, 32, 32, 3), np.float32))
+    with pytest.raises(ExplanationError, match="x: ConvNeXt expects"):
+        convnext.build_convnext(0)(np.zeros((1, 64, 64, 1), np.float32))
+
+
+def test_missing_checkpoint_is_an_explanation_error(tmp_path):
+    with pytest.raises(ExplanationError, match="no ViT checkpoint"):
+        vit.vit_model(tmp_path / "none.msgpack")
+    path = tmp_path / "vit.msgpack"
+    checkpoint.save(path, convnext.build_convnext(0))
+    with pytest.raises(ExplanationError, match="does not fit"):
+        vit.vit_model(path)
+
+
+def test_nnx_module_type():
+    assert isinstance(vit.build_vit(0), nnx.Module)
