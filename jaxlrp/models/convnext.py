@@ -281,7 +281,11 @@ def train_convnext(path: str | os.PathLike | None = None,
 
 
 def convnext_model(path: str | os.PathLike | None = None) -> ConvNeXt:
-    """The shipped trained ConvNeXt (eval mode): (B, 64, 64, 3) in [0, 1] -> (B, 8) logits."""
+    """The trained ConvNeXt at ``path`` (eval mode): (B, 64, 64, 3) in [0, 1] -> (B, 8) logits.
+
+    ``path`` defaults to the asset that ``benchmarks/train_reference_models.py`` writes;
+    no trained weights ship yet (they did not reach the 90% bar).
+    """
     return load_reference(PATH if path is None else path, _template, "ConvNeXt")
 
 

@@ -147,7 +147,7 @@ def _cached(path: str, mtime_ns: int, template: Callable[[], nnx.Module]) -> tup
 
 def to_linen(model: nnx.Module, module: Any) -> Any:
     """``jaxlrp.linen(module, variables)`` holding ``model``'s arrays (same layout)."""
+    from jaxlrp._tracing import linen
     from jaxlrp.models.vgg import nnx_to_linen_variables
-    from jaxlrp.tracing import linen
 
     return linen(module, nnx_to_linen_variables(model))

@@ -274,7 +274,11 @@ def train_vit(path: str | os.PathLike | None = None, **kwargs: Any) -> tuple[ViT
 
 
 def vit_model(path: str | os.PathLike | None = None) -> ViT:
-    """The shipped trained ViT (eval mode): (B, 64, 64, 3) in [0, 1] -> (B, 8) logits."""
+    """The trained ViT at ``path`` (eval mode): (B, 64, 64, 3) in [0, 1] -> (B, 8) logits.
+
+    ``path`` defaults to the asset that ``benchmarks/train_reference_models.py`` writes;
+    no trained weights ship yet (they did not reach the 90% bar).
+    """
     return load_reference(PATH if path is None else path, _template, "ViT")
 
 
