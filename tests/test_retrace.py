@@ -100,8 +100,8 @@ import threading  # noqa: E402
 import weakref  # noqa: E402
 
 import jaxlrp  # noqa: E402
-from jaxlrp import _cache# noqa: E402
-from jaxlrp import _tracing as tracing# noqa: E402
+from jaxlrp import _cache  # noqa: E402
+from jaxlrp import _tracing as tracing  # noqa: E402
 from jaxlrp._lrp import composites as K  # noqa: E402
 from jaxlrp._lrp import rules as R  # noqa: E402
 
