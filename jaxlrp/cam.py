@@ -20,9 +20,9 @@ Token models (ViTs): a layer whose output is ``(B, N, D)`` is viewed as a grid
 ``(B, h, w, D)`` (:func:`to_grid`): ``N = h*w + extra`` with a square grid and up to
 five leading extra tokens (class, distillation, register tokens), which are dropped from
 both ``A`` and ``g``, as pytorch-grad-cam's ``reshape_transform`` does. ``tokens=(h, w)``
-or ``(h, w, skip)`` sets the grid explicitly (:func:`jaxlrp._tracing.token_grid`). The
+or ``(h, w, skip)`` sets the grid explicitly (:func:`jaxlrp._cam_layers.token_grid`). The
 default layer of a token model is the last block whose patch tokens influence the logits
-(:func:`jaxlrp._tracing.default_cam_layer`).
+(:func:`jaxlrp._cam_layers.default_cam_layer`).
 Post-processing, in pytorch-grad-cam's order: ReLU, per-map min-max normalisation at the
 layer resolution, bilinear resize to the input size (``cv2.resize`` semantics), min-max
 normalisation again. ``relu=False`` / ``normalize=False`` / ``upsample=False`` skip steps.
@@ -48,6 +48,7 @@ from flax import nnx
 
 from jaxlrp import _cache
 from jaxlrp import _image as image
+from jaxlrp._cam_layers import check_tokens, default_cam_layer, token_grid
 from jaxlrp._lrp import fast_forward
 from jaxlrp._tracing import (
     Adapter,
@@ -56,10 +57,7 @@ from jaxlrp._tracing import (
     apply_checked,
     as_adapter,
     cached_shapes,
-    check_tokens,
-    default_cam_layer,
     static_key,
-    token_grid,
 )
 from jaxlrp._validation import (
     Target,
@@ -120,7 +118,7 @@ def resolve_layer(
     """Check ``layer`` (a module path, or None for the default CAM layer).
 
     ``tokens``: None, ``(h, w)`` or ``(h, w, skip)`` for a token layer (B, N, D)
-    (:func:`jaxlrp._tracing.token_grid`).
+    (:func:`jaxlrp._cam_layers.token_grid`).
 
     Returns:
       (path, shape of the CAM's view of its output, (B, h, w, C)).
@@ -177,7 +175,7 @@ def resolve_layer(
 
 def to_grid(a: jax.Array, tokens: Any = None) -> jax.Array:
     """The CAM's view of a layer output: (B, h, w, C) unchanged; tokens (B, N, D) ->
-    (B, h, w, D), dropping the extra tokens (:func:`jaxlrp._tracing.token_grid`)."""
+    (B, h, w, D), dropping the extra tokens (:func:`jaxlrp._cam_layers.token_grid`)."""
     if a.ndim != 3:
         return a
     grid = token_grid(a.shape, tokens)

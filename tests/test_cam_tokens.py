@@ -14,8 +14,9 @@ from flax import nnx
 
 import jaxlrp
 from jaxlrp import cam
+from jaxlrp._cam_layers import token_grid
 from jaxlrp._hybrid import combine
-from jaxlrp._tracing import as_adapter, token_grid
+from jaxlrp._tracing import as_adapter
 from jaxlrp.errors import ExplanationError
 
 SIZE, PATCH, D, K = 16, 4, 16, 3  # 4x4 patch grid
