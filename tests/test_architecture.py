@@ -31,7 +31,8 @@ LAYERS: dict[str, int] = {
     "jaxlrp._image": 1,
     # 2 methods, architectures, data
     "jaxlrp.cam": 2,
-    "jaxlrp._cam_layers": 2,  # CAM layer policy: default layer, token grids
+    "jaxlrp._cam_core": 2,  # the CAM core: layer policy, activations/gradients, post-processing
+    "jaxlrp._cam_exact": 2,
     "jaxlrp._lrp": 2,
     "jaxlrp.rules": 2,  # public namespaces of jaxlrp._lrp
     "jaxlrp.composites": 2,

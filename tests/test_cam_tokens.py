@@ -14,7 +14,7 @@ from flax import nnx
 
 import jaxlrp
 from jaxlrp import cam
-from jaxlrp._cam_layers import token_grid
+from jaxlrp._cam_core import token_grid
 from jaxlrp._hybrid import combine
 from jaxlrp._tracing import as_adapter
 from jaxlrp.errors import ExplanationError

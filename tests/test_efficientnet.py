@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from jaxlrp import photos
-from jaxlrp._cam_layers import default_cam_layer
+from jaxlrp._cam_core import default_cam_layer
 from jaxlrp._tracing import as_adapter
 from jaxlrp.errors import ExplanationError
 from jaxlrp.models import efficientnet as eff
