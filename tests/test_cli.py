@@ -234,7 +234,9 @@ def test_evaluate_subcommand_is_registered(capsys):
     # jaxlrp.evaluation ships with the package (its dependencies are the core's): it must
     # import, and the parser must expose its subcommand with the driver's options
     import jaxlrp.evaluation as evaluation
+    from jaxlrp.cli import evaluate as cli_evaluate
 
+    assert callable(evaluation.evaluate)
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert "evaluate" in sub.choices
@@ -243,7 +245,7 @@ def test_evaluate_subcommand_is_registered(capsys):
     for opt in ("--explainers", "--metrics", "--n", "--target", "--no-resume"):
         assert opt in out
     ns = parser.parse_args(["evaluate", "--n", "7"])
-    assert ns.func is evaluation.run_cli and ns.n == 7
+    assert ns.func is cli_evaluate.run_cli and ns.n == 7
 
 
 def test_info(capsys):
