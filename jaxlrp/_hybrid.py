@@ -19,7 +19,7 @@ Pipeline (defaults from the paper's public re-implementation, all parameters):
    box filter); ``sigma`` changes it.
 
 The CAM and the LRP share one forward pass
-(:func:`jaxlrp._lrp.engine.lrp_with_layer_gradient`). Steps 2-5 are
+(:func:`lrp_with_layer_gradient`). Steps 2-5 are
 :func:`combine`, a pure function of ``(cam, relevance)`` made of small steps, usable
 under ``jax.jit`` and ``jax.vmap`` on any backend. Every per-image normalisation is
 safe on all-zero maps (they stay zero, no NaN).
@@ -39,7 +39,14 @@ from jaxlrp import _image as image
 from jaxlrp import cam as _cam
 from jaxlrp._lrp import canonizers as C
 from jaxlrp._lrp import composites as K
-from jaxlrp._lrp.engine import lrp_with_layer_gradient
+from jaxlrp._lrp.engine import (
+    check_paths,
+    forward_env,
+    initial_relevance,
+    module_types,
+    propagate,
+)
+from jaxlrp._lrp.graph import trace
 from jaxlrp._tracing import all_concrete, apply_checked, as_adapter, static_key
 from jaxlrp._validation import (
     check_images,
@@ -154,6 +161,65 @@ def _check_options(threshold, reduce, ksize, sigma) -> None:
         raise ExplanationError(f"sigma: expected a positive number, got {sigma!r}")
     if reduce not in REDUCTIONS:
         raise ExplanationError(f"reduce: expected one of {REDUCTIONS}, got {reduce!r}")
+
+
+# --------------------------------------------------------------------- the shared forward pass
+
+
+def lrp_with_layer_gradient(
+    adapter, comp, canon, init, params, x, t, layer: str
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """LRP and the activation/gradient at ``layer`` from ONE shared forward pass.
+
+    The model is traced with a zero ``delta`` added to ``layer``'s output (an extra
+    input of the jaxpr); the forward equations run once under ``jax.vjp`` w.r.t.
+    ``delta``, giving the gradient of ``sum_b logits[b, t_b]`` at the layer for the CAM,
+    while the same forward values feed the relevance pass.
+
+    Returns:
+      (input relevance (B,H,W,C), activations (B,h,w,c), gradients (B,h,w,c),
+      logits (B,K), targets (B,)).
+    """
+    seen = []
+
+    def probe(path, module, out):
+        if path == layer:
+            seen.append(out)
+        return out
+
+    shape = jax.eval_shape(lambda p, xx: adapter.apply(p, xx, hook=probe), params, x)
+    del shape
+    a_shape = seen[0].shape if seen else None
+    if a_shape is None:
+        raise ExplanationError(f"layer: no submodule {layer!r} is called by the model")
+    delta0 = jnp.zeros(a_shape, x.dtype)
+
+    def apply_with_delta(pd, xx):
+        p, d = pd
+
+        def hook(path, module, out):
+            return out + d if path == layer else out
+
+        return adapter.apply(p, xx, hook=hook)
+
+    graph, leaves = trace(apply_with_delta, (params, delta0), x)
+    delta_id = graph.in_ids[-2]
+    graph = C.apply_all(graph, canon)
+    graph.types = module_types(adapter, x)
+    check_paths(comp, graph)
+    acts_id = next(e.outs[0] for e in graph.eqns if delta_id in e.ins)
+
+    def forward(delta):
+        env = forward_env(graph, list(leaves[:-1]) + [delta], x)
+        return env[graph.out_id], env
+
+    logits, vjp, env = jax.vjp(forward, delta0, has_aux=True)
+    if t is None:
+        t = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    onehot = jax.nn.one_hot(t, logits.shape[-1], dtype=logits.dtype)
+    (grads,) = vjp(onehot)
+    rx, _ = propagate(graph, env, comp, initial_relevance(logits, t, init))
+    return rx, env[acts_id], grads, logits, t
 
 
 # ----------------------------------------------------------------------------- entry point

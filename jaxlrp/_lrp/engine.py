@@ -204,7 +204,7 @@ def module_types(adapter: Any, x: jax.Array) -> dict[str, str]:
     return {info.path: info.type_name for info in adapter.layers(x)}
 
 
-def _check_paths(composite: Any, graph: Graph) -> None:
+def check_paths(composite: Any, graph: Graph) -> None:
     keys = composite.path_keys() if hasattr(composite, "path_keys") else ()
     paths = sorted({n.path for n in graph.nodes if n.path})
     for key in keys:
@@ -304,7 +304,7 @@ def _lrp(adapter, comp, canon, init, return_layers, params, x, t):
     graph, leaves = trace(adapter.apply, params, x)
     graph = C.apply_all(graph, canon)
     graph.types = module_types(adapter, x)
-    _check_paths(comp, graph)
+    check_paths(comp, graph)
     env = forward_env(graph, leaves, x)
     logits = env[graph.out_id]
     if t is None:
@@ -366,59 +366,3 @@ def propagate(
             layers.append(LayerRelevance(node.kind, node.path, type(rule).__name__, value))
     x = env[graph.x_id]
     return relevance.get(graph.x_id, jnp.zeros_like(x)), layers[::-1]
-
-
-def lrp_with_layer_gradient(
-    adapter, comp, canon, init, params, x, t, layer: str
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
-    """LRP and the activation/gradient at ``layer`` from ONE shared forward pass.
-
-    The model is traced with a zero ``delta`` added to ``layer``'s output (an extra
-    input of the jaxpr); the forward equations run once under ``jax.vjp`` w.r.t.
-    ``delta``, giving the gradient of ``sum_b logits[b, t_b]`` at the layer for the CAM,
-    while the same forward values feed the relevance pass.
-
-    Returns:
-      (input relevance (B,H,W,C), activations (B,h,w,c), gradients (B,h,w,c),
-      logits (B,K), targets (B,)).
-    """
-    seen = []
-
-    def probe(path, module, out):
-        if path == layer:
-            seen.append(out)
-        return out
-
-    shape = jax.eval_shape(lambda p, xx: adapter.apply(p, xx, hook=probe), params, x)
-    del shape
-    a_shape = seen[0].shape if seen else None
-    if a_shape is None:
-        raise ExplanationError(f"layer: no submodule {layer!r} is called by the model")
-    delta0 = jnp.zeros(a_shape, x.dtype)
-
-    def apply_with_delta(pd, xx):
-        p, d = pd
-
-        def hook(path, module, out):
-            return out + d if path == layer else out
-
-        return adapter.apply(p, xx, hook=hook)
-
-    graph, leaves = trace(apply_with_delta, (params, delta0), x)
-    delta_id = graph.in_ids[-2]
-    graph = C.apply_all(graph, canon)
-    graph.types = module_types(adapter, x)
-    _check_paths(comp, graph)
-    acts_id = next(e.outs[0] for e in graph.eqns if delta_id in e.ins)
-
-    def forward(delta):
-        env = forward_env(graph, list(leaves[:-1]) + [delta], x)
-        return env[graph.out_id], env
-
-    logits, vjp, env = jax.vjp(forward, delta0, has_aux=True)
-    if t is None:
-        t = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    onehot = jax.nn.one_hot(t, logits.shape[-1], dtype=logits.dtype)
-    (grads,) = vjp(onehot)
-    rx, _ = propagate(graph, env, comp, initial_relevance(logits, t, init))
-    return rx, env[acts_id], grads, logits, t
