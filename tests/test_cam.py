@@ -124,6 +124,7 @@ def maps(model, x):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_shapes_and_range(maps, name):
     m = maps[name]
@@ -148,6 +149,7 @@ def test_batched_equals_per_example(model, x, maps, name):
         np.testing.assert_allclose(one[0], maps[name + "/raw"][i], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_vmap_over_batches(model, x):
     xs = jnp.stack([x, x[::-1]])
     out = jax.vmap(lambda xx: cam.gradcam(model, xx, 2))(xs)
@@ -163,6 +165,7 @@ def test_postprocessing_order(maps):
     np.testing.assert_allclose(maps["gradcam"], expect, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_weightings_by_hand(model, x):
     ad = jaxlrp._tracing.as_adapter(model)
     a, g, logits = cam.activations_and_gradients(ad, ad.params, x, TARGETS, "b2")
@@ -251,6 +254,7 @@ def test_predicted_target_is_argmax(model, x):
     np.testing.assert_allclose(cam.gradcam(model, x), cam.gradcam(model, x, pred), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gradcam", "gradcam_pp", "scorecam"])
 def test_grad_matches_finite_differences(name):
     """jax.grad of a scalar of the (normalised, upsampled) map, w.r.t. the input and the NNX
@@ -358,6 +362,7 @@ def test_constant_input_channel_weighted_maps_are_zero(model, name):
     np.testing.assert_allclose(out, 0.0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_param_gradients_agree_for_nnx_and_linen(model, x):
     """jax.grad w.r.t. the model itself: an NNX module and a jaxlrp.linen model are pytrees,
     and the same parameters give the same gradients."""

@@ -126,6 +126,7 @@ def test_general_output_matches_float64_finite_differences(score):
     assert np.abs(closed - exact_n).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_exact_is_batched_jittable_and_checks_arguments():
     model, x, t = _data(smooth=True, seed=2)
     both = np.asarray(cam.gradcam_pp(model, x, t, "c2", exact=True, score="probability"))

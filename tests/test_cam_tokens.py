@@ -138,6 +138,7 @@ def test_token_grid_override():
 # ----------------------------------------------------------------------------- default layer
 
 
+@pytest.mark.slow
 def test_default_layer_cls_vit_is_last_block_input():
     """Class-token pooling: the last block's patch tokens get zero gradient, so the
     default is the block before it (never the rank-4 attention 'value' projection)."""
@@ -155,6 +156,7 @@ def test_default_layer_mean_pool_vit_is_last_block():
     assert path == "blocks/1" and shape == (2, 4, 4, D)
 
 
+@pytest.mark.slow
 def test_default_layer_with_registers():
     path, shape = cam.resolve_layer(as_adapter(vit("cls", 5)), imgs(), None)
     assert path == "blocks/0" and shape == (2, 4, 4, D)
@@ -163,6 +165,7 @@ def test_default_layer_with_registers():
 # ----------------------------------------------------------------------------- CAM values
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pool,index", [("cls", 0), ("mean", 1), ("mean", 0)])
 def test_gradcam_on_tokens_matches_hand_split_reference(pool, index):
     m = vit(pool)
@@ -174,6 +177,7 @@ def test_gradcam_on_tokens_matches_hand_split_reference(pool, index):
     np.testing.assert_allclose(raw, ref, rtol=1e-5, atol=1e-6 * float(jnp.abs(ref).max()))
 
 
+@pytest.mark.slow
 def test_tokens_override_equals_automatic_grid():
     m, x = vit(), imgs()
     kw = dict(relu=False, normalize=False, upsample=False)
@@ -186,6 +190,7 @@ def test_tokens_override_equals_automatic_grid():
     assert float(jnp.abs(auto - other).max()) > 1e-3
 
 
+@pytest.mark.slow
 def test_every_cam_runs_on_a_vit_under_jit():
     """All six CAMs in one jit (one compile), equal to the eager calls' maps."""
     m, x = vit(), imgs()
@@ -202,6 +207,7 @@ def test_every_cam_runs_on_a_vit_under_jit():
     np.testing.assert_allclose(cam.gradcam(m, x, T), jitted[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_activations_and_gradients_on_grid():
     ad, x = as_adapter(vit()), imgs()
     a, g, logits = cam.activations_and_gradients(ad, ad.params, x, T, "blocks/0")
@@ -222,6 +228,7 @@ class NonSquare(nnx.Module):
         return self.head(nnx.relu(t).mean(axis=1))
 
 
+@pytest.mark.slow
 def test_unmappable_token_layer_error_names_shape_and_override_works():
     m = NonSquare(nnx.Rngs(0))
     x = jnp.asarray(np.random.default_rng(1).uniform(0, 1, (2, 12, 20, 3)), jnp.float32)
@@ -234,6 +241,7 @@ def test_unmappable_token_layer_error_names_shape_and_override_works():
 # ----------------------------------------------------------------------------- hybrid
 
 
+@pytest.mark.slow
 def test_hybrid_cam_path_and_combine_on_a_vit():
     """The hybrid's CAM step (its registered CAM map on the grid view, then postprocess) equals
     cam.gradcam on a ViT, and ``combine`` makes a valid hybrid map from it.

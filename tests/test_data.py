@@ -188,6 +188,7 @@ def test_clutter_has_distractor_pixels(small):
     assert ((eq & outside).sum(axis=(1, 2)) >= 5).all()
 
 
+@pytest.mark.slow
 def test_class_balance(full):
     train, test, _ = full
     for ds in (train, test):

@@ -128,6 +128,7 @@ def test_eight_devices_are_used(sharded):
     assert sharded["devices"] == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cam", "lrp"])
 def test_sharded_equals_single_device(sharded, name):
     # float32; the same XLA computation on 1 device vs 8 shards of the batch: <= 1e-6

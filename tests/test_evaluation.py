@@ -68,6 +68,7 @@ def run():
     return model, batches, res
 
 
+@pytest.mark.slow
 def test_table_shape_and_stats(run):
     _, _, res = run
     names = [m.name for m in default_suite()]
@@ -120,6 +121,7 @@ def test_predicted_target_and_dataset_input():
     assert res.meta["num_batches"] == 2
 
 
+@pytest.mark.slow
 def test_int_target_explains_that_class_for_every_example():
     """``target`` takes the explainers' spellings (an int, "predicted") plus "label"."""
     model = tiny_model()
@@ -194,6 +196,7 @@ def test_argument_errors(kwargs, match):
         evaluate(tiny_model(), make_batches(1, 2), **args)
 
 
+@pytest.mark.slow
 def test_output_files(tmp_path):
     model = tiny_model()
     res = evaluate(model, make_batches(2, 3), {"saliency": saliency},

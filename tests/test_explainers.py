@@ -92,6 +92,7 @@ def test_unknown_names_and_options_raise():
         explainers.get("scorecam", chunk_size=0)
 
 
+@pytest.mark.slow
 def test_fresh_explainer_per_metric_call_compiles_once(setup):
     """Before: every ``explainers.get`` built a new closure, a new static jit argument of
     the metric's core, so 3 calls compiled 3 times. Now: one compile for all calls."""

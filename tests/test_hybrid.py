@@ -24,6 +24,7 @@ def x():
     return jax.random.uniform(jax.random.key(0), (4, 16, 16, 3))
 
 
+@pytest.mark.slow
 def test_steps_follow_the_paper_pipeline_in_numpy(model, x):
     parts = hybrid(model, x, 1, return_parts=True)
     cam = np.asarray(jaxlrp.gradcam_pp(model, x, 1))

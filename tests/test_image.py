@@ -57,6 +57,7 @@ def test_blur_matches_reflect101_reference(h, w, k, sigma, seed):
     np.testing.assert_allclose(out, _blur_reference(m, k, sigma), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_blur_default_kernel_and_batch_axes():
     g = image.gaussian_kernel(5, 4.0)
     assert g.shape == (5,) and abs(g.sum() - 1) < 1e-15 and np.allclose(g, g[::-1])

@@ -133,6 +133,7 @@ def test_one_hot_init_is_logit_init_divided_by_logit():
 # ----------------------------------------------------------------------------- canonizers
 
 
+@pytest.mark.slow
 def test_batchnorm_folding_keeps_every_layer_output():
     model = randomize_bn(to64(VGG(num_classes=5, widths=(4, 6), batch_norm=True, dense=(8,),
                                   input_size=16, rngs=nnx.Rngs(0))))

@@ -573,6 +573,7 @@ def test_attn_lrp_softmax_does_not_conserve_by_its_bias_term():
 # ----------------------------------------------------------------------------- composites
 
 
+@pytest.mark.slow
 def test_presets_and_module_types():
     model = TinyViT(4, 2, 1, 0)
     x = jax.random.normal(jax.random.key(0), (1, 8, 8, 3), F64)
@@ -683,6 +684,7 @@ def test_logsumexp_shares_by_softmax_weights():
             close(got[b], sm * r.reshape(lse.shape)[..., None])
 
 
+@pytest.mark.slow
 def test_linen_norms_and_attention_conserve_and_report_module_types():
     """Linen LayerNorm, GroupNorm, RMSNorm and MultiHeadDotProductAttention: recognised
     (with their module class names), and the epsilon composite conserves (bias-free)."""
@@ -736,6 +738,7 @@ class SENet(nnx.Module):
         return self.head((h * s[:, None, None, :]).mean(axis=(1, 2)))
 
 
+@pytest.mark.slow
 def test_squeeze_excitation_is_a_product_and_conserves():
     x = jax.random.normal(jax.random.key(3), (2, 6, 6, 3), F64)
     model = SENet()
@@ -746,6 +749,7 @@ def test_squeeze_excitation_is_a_product_and_conserves():
     np.testing.assert_allclose(r.sum((1, 2, 3)), model(x)[:, 2], rtol=CONSERVE, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_attn_lrp_composes_with_jit_and_grad():
     """Second order through the new rules: the gradient of AttnLRP's relevance is finite
     and the jitted map equals the eager one."""

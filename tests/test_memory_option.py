@@ -66,6 +66,7 @@ def test_batch_chunk_bounds_compiled_memory():
     assert chunked < 0.5 * full, (chunked, full)
 
 
+@pytest.mark.slow
 def test_checkpoint_same_maps_and_second_order():
     """checkpoint=True: same maps, same gradient of the map; the rules are rematerialised."""
     model, x = _model(), _x(3)

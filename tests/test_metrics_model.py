@@ -88,6 +88,7 @@ def _logit(model, x, y):
 # ----------------------------------------------------------------------------- faithfulness
 
 
+@pytest.mark.slow
 def test_faithfulness_correlation_matches_loop_reference(setup):
     model, x, y, a = setup
     rng = np.random.default_rng(1)
@@ -194,6 +195,7 @@ def test_monotonicity_follows_paper_on_linear_model():
     np.testing.assert_array_equal(np.asarray(out), 0.0)
 
 
+@pytest.mark.slow
 def test_region_perturbation(setup):
     model, x, y, a = setup
     r = np.asarray(region_perturbation(model, x, y, a, patch_size=3, softmax=False))
@@ -227,6 +229,7 @@ def test_sensitivity_closed_form_with_identity_explainer(setup):
     np.testing.assert_allclose(lip, ref_l.max(0), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_sensitivity_random_and_degenerate(setup):
     model, x, y, a = setup
     k = jax.random.key(0)
@@ -251,6 +254,7 @@ def test_sensitivity_random_and_degenerate(setup):
 # ----------------------------------------------------------------------------- randomisation
 
 
+@pytest.mark.slow
 def test_ssim_properties():
     rng = np.random.default_rng(0)
     m = jnp.asarray(rng.random((2, 10, 12)), jnp.float32)
@@ -313,6 +317,7 @@ def test_mprt(setup):
         model_parameter_randomisation(model, x, y, grad_x_input, k, mode="bottom_up")
 
 
+@pytest.mark.slow
 def test_linen_model_and_jit_cache():
     mod = TinyLinen()
     x = jnp.asarray(np.random.default_rng(0).random((2, H, W, C)), jnp.float32)

@@ -55,6 +55,7 @@ def _replaced(model, weights, layers):
     return m
 
 
+@pytest.mark.slow
 def test_histogram_entropy_matches_numpy_histogram():
     rng = np.random.default_rng(5)
     a = rng.standard_normal((4, 6, 7))
@@ -80,6 +81,7 @@ def test_efficient_mprt_is_the_relative_entropy_rise(setup):
     np.testing.assert_allclose(scaled, got, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_smooth_mprt_one_sample_is_mprt_and_noise_is_replayed(setup):
     model, x, y, weights, draw = setup
     k = jax.random.key(0)

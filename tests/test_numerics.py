@@ -112,6 +112,7 @@ def _check_map(m: jax.Array, name: str, lo: float, hi: float) -> None:
 RANGES = {"lrp": (-1.0, 1.0)}  # the registry's LRP map is R / max|R|; the rest are in [0, 1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", explainers.NAMES)
 @few(5)
 @given(case=inputs)
@@ -190,6 +191,7 @@ MASKS[0, 2:9, 3:12] = True
 MASKS[1, 8:, :5] = True
 
 
+@pytest.mark.slow
 @few(10)
 @given(spec=maps)
 def test_map_metrics_finite(spec):

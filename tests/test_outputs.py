@@ -94,6 +94,7 @@ def reference():
     return (as_adapter(m).forward(x), jaxlrp.gradcam(m, x, T, "c2"), jaxlrp.lrp(m, x, T))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("final,scale", [("softmax", 1.0), ("log_softmax", 1.0),
                                          ("handwritten", 1.0), ("temperature", 0.5)])
 def test_trailing_softmax_is_stripped_in_cam_and_lrp(final, scale):

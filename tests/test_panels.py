@@ -23,6 +23,7 @@ def model_x():
     return model, x
 
 
+@pytest.mark.slow
 def test_panels_equal_the_library_explainers(model_x):
     model, x = model_x
     p = explain_panels(model, x, composite="epsilon_plus_flat")

@@ -58,6 +58,7 @@ def test_parameter_gradients_nonzero_finite(setup, name):
     assert sum(float(jnp.sum(jnp.abs(g))) for g in leaves) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPLAINERS))
 def test_parameter_gradient_matches_float64_finite_differences(setup, name):
     """d penalty / d params along random directions, in float64: central differences with

@@ -26,6 +26,7 @@ def _reference(x, window, strides, padding):
     return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, padding)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[1]}/{c[2]}")
 @pytest.mark.parametrize("levels", [3, None], ids=["ties", "continuous"])
 def test_values_and_vjp_equal_reduce_window_max(case, levels):
@@ -89,6 +90,7 @@ def test_nan_propagates_like_lax_max():
 CHOICES = [("xla", "xla"), ("select", "select"), ("xla", "select"), ("select", "xla")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("choice", CHOICES, ids=lambda c: "/".join(c))
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[1]}/{c[2]}")
 def test_max_pool_every_lowering_equals_reduce_window_max(case, choice):

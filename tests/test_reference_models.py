@@ -45,6 +45,7 @@ def test_checkpoint_is_small(name, saved):
     assert saved[name].stat().st_size < 5 * 2**20  # the issue's bound for a shipped model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_loaders(name, sample, saved):
     module, load, load_linen, nnx_cls, linen_cls = MODELS[name]
@@ -73,6 +74,7 @@ def test_nnx_and_linen_give_identical_logits(name, sample, saved):
     assert np.array_equal(a.argmax(-1), b.argmax(-1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_linen_init_has_the_same_layout(name, saved):
     """A fresh Linen init has exactly the keys and shapes of the NNX model's variables."""
@@ -112,6 +114,7 @@ def _perturb(tree, rng):
         lambda a: a + 0.1 * rng.standard_normal(a.shape).astype(a.dtype), tree)
 
 
+@pytest.mark.slow
 def test_nnx_linen_agree_on_random_weights():
     """Same arrays in both frameworks give the same logits (not only the shipped ones)."""
     x = np.asarray(jax.random.uniform(jax.random.key(3), (2, 64, 64, 3)))

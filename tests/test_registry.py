@@ -54,6 +54,7 @@ def _reference_abs_gradcam(model, x, y):
                                   normalize=True)
 
 
+@pytest.mark.slow
 def test_registered_cam_found_everywhere(setup, abs_gradcam):
     model, x, y, masks = setup
     ref = _reference_abs_gradcam(model, x, y)
@@ -204,6 +205,7 @@ def test_every_registered_metric_returns_per_example_scores(setup):
         np.trapezoid(np.asarray(curves), dx=1 / (curves.shape[1] - 1), axis=1), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_registered_explainer_found_everywhere(setup):
     model, x, y, masks = setup
 

@@ -169,6 +169,7 @@ def test_composites_are_values():
     assert len(arrays_a) == 2 and arrays_b[0] is not LOW
 
 
+@pytest.mark.slow
 def test_deleted_model_is_freed():
     """Caches hold no model and no parameters: after ``del`` the model and its arrays die."""
     m = VGG(num_classes=3, widths=(4,), dense=(8,), input_size=16, rngs=nnx.Rngs(7))
@@ -200,6 +201,7 @@ def test_clear_caches_empties_everything(model):
     assert _COMPILES[before:].count(JIT_NAME) == 1  # compiled again
 
 
+@pytest.mark.slow
 def test_caches_are_bounded(model):
     x = _inputs(1)[0]
     jaxlrp.clear_caches()
@@ -258,6 +260,7 @@ def test_name_stacks_carry_module_paths(model):
     assert {"features/0/conv", "features/1/conv"} <= stacks, stacks
 
 
+@pytest.mark.slow
 def test_sharded_cache_is_weakly_keyed_on_the_explainer(model):
     """distributed.explain_dataset caches its sharded function in jaxlrp._cache.SHARDED,
     keyed weakly on the explainer: a deleted explainer's entry is dropped."""

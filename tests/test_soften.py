@@ -74,6 +74,7 @@ def test_linen_pair_matches_nnx(small):
     np.testing.assert_allclose(module.apply(variables, x), model(x), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resnet_and_explainers(small):
     model, x = small
     soft = soften(model, 1e4)
