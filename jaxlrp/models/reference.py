@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 from flax import nnx
 
 from jaxlrp.errors import ExplanationError
@@ -132,7 +133,8 @@ def load_reference(path: str | os.PathLike, template: Callable[[], nnx.Module],
     p = Path(path)
     if not p.is_file():
         raise ExplanationError(f"path: no {name} checkpoint file at {str(p)!r}")
-    graphdef, state = _cached(str(p.resolve()), p.stat().st_mtime_ns, template)
+    with jax.ensure_compile_time_eval():  # called under jit: cache arrays, never tracers
+        graphdef, state = _cached(str(p.resolve()), p.stat().st_mtime_ns, template)
     model = nnx.merge(graphdef, state, copy=True)  # no Variable shared with the cache
     model.eval()
     return model
