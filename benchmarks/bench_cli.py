@@ -1,0 +1,97 @@
+"""Wall time of the command line, cold and on the second run (persistent compilation cache).
+
+Each command runs in a fresh process (as a user types it), twice with an empty
+compilation-cache folder of its own (first run: compile and fill the cache; second run:
+load from it), and twice with ``--no-compilation-cache`` for comparison:
+
+* ``jaxlrp explain <one photo> --model efficientnet-lite0 --method hybrid``
+  (targets on 2 cores: <= 12 s cold, <= 5 s on the second run);
+* ``jaxlrp demo --quick`` (both parts; the target of the default model's part alone,
+  <= 10 s on the second run, is read from the whole demo, an upper bound).
+
+Usage::
+
+    python benchmarks/bench_cli.py             # 1 repetition of each
+    python benchmarks/bench_cli.py --reps 3    # medians of 3
+
+Writes ``results/bench_cli.json`` and ``.md`` (``--name`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as U  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTO = ROOT / "jaxlrp" / "assets" / "photos" / "chelsea.jpg"
+COMMANDS = {
+    "explain_one_photo": ["explain", str(PHOTO), "--model", "efficientnet-lite0",
+                          "--method", "hybrid", "--no-progress"],
+    "demo_quick": ["demo", "--quick", "--no-progress"],
+}
+
+
+def run(args: list[str], cache: str | None, out: str) -> float:
+    """Seconds of one ``python -m jaxlrp ARGS --out OUT`` in a new process."""
+    env = {k: v for k, v in os.environ.items() if k != "JAXLRP_NO_COMPILATION_CACHE"}
+    extra = []
+    if cache is None:
+        extra = ["--no-compilation-cache"]
+    else:
+        env["JAXLRP_COMPILATION_CACHE_DIR"] = cache
+    cmd = [sys.executable, "-m", "jaxlrp", *extra, *args, "--out", out]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=1, help="repetitions (medians)")
+    parser.add_argument("--name", default="bench_cli", help="results file name")
+    args = parser.parse_args()
+    info = U.machine()
+    figures: dict = {"machine": info, "reps": args.reps, "commands": {}}
+    rows = []
+    for name, cmd in COMMANDS.items():
+        times: dict[str, list[float]] = {"cold": [], "second": [], "no_cache_1": [],
+                                         "no_cache_2": []}
+        for _ in range(args.reps):
+            with tempfile.TemporaryDirectory() as tmp:
+                cache = str(Path(tmp) / "xla")
+                times["cold"].append(run(cmd, cache, str(Path(tmp) / "a")))
+                times["second"].append(run(cmd, cache, str(Path(tmp) / "b")))
+                times["no_cache_1"].append(run(cmd, None, str(Path(tmp) / "c")))
+                times["no_cache_2"].append(run(cmd, None, str(Path(tmp) / "d")))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        figures["commands"][name] = {"args": cmd, "seconds": times, "median": med}
+        rows.append([name, med["cold"], med["second"], med["no_cache_1"], med["no_cache_2"],
+                     med["no_cache_2"] / med["second"]])
+        print(f"{name}: cold {med['cold']:.2f} s, second run {med['second']:.2f} s "
+              f"(without the cache: {med['no_cache_1']:.2f} s, {med['no_cache_2']:.2f} s)",
+              flush=True)
+    info["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    md = "\n\n".join([
+        "# Command-line wall time, cold and second run",
+        U.machine_md(info),
+        U.table(rows, ["command", "cold (s)", "second run (s)", "no cache, 1st (s)",
+                       "no cache, 2nd (s)", "speed-up of the second run"]),
+    ])
+    print(f"results: {U.write_results(args.name, figures, md)}")
+
+
+if __name__ == "__main__":
+    main()
