@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as U  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-PHOTO = ROOT / "jaxlrp" / "assets" / "photos" / "chelsea.jpg"
+PHOTO = Path("jaxlrp") / "assets" / "photos" / "chelsea.jpg"  # relative to ROOT (the cwd)
 COMMANDS = {
     "explain_one_photo": ["explain", str(PHOTO), "--model", "efficientnet-lite0",
                           "--method", "hybrid", "--no-progress"],
