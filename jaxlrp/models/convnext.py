@@ -290,7 +290,7 @@ def convnext_model(path: str | os.PathLike | None = None) -> ConvNeXt:
 
 
 def convnext_linen(path: str | os.PathLike | None = None) -> Any:
-    """The shipped ConvNeXt as ``jaxlrp.linen(ConvNeXtLinen(...), variables)`` (same arrays)."""
+    """The ConvNeXt at ``path`` as ``jaxlrp.linen(ConvNeXtLinen(...), variables)`` (same arrays)."""
     model = convnext_model(path)
     return to_linen(model, linen_module(model))
 

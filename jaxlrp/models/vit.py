@@ -283,7 +283,7 @@ def vit_model(path: str | os.PathLike | None = None) -> ViT:
 
 
 def vit_linen(path: str | os.PathLike | None = None) -> Any:
-    """The shipped ViT as ``jaxlrp.linen(ViTLinen(...), variables)`` (same arrays)."""
+    """The ViT at ``path`` as ``jaxlrp.linen(ViTLinen(...), variables)`` (same arrays)."""
     model = vit_model(path)
     return to_linen(model, linen_module(model))
 
