@@ -95,19 +95,14 @@ def holm(pvalues: list[float]) -> list[float]:
     return adj
 
 
-def verdict(scores: dict, metrics: list[dict], explainers: list[str]) -> list[dict]:
-    """One row per category: does the hybrid beat Grad-CAM / LRP (and Grad-CAM++)?
+def compare(scores: dict, metrics: list[dict], explainers: list[str]) -> list[dict]:
+    """Paired comparisons of the hybrid with Grad-CAM, LRP (one Holm family) and Grad-CAM++.
 
-    ``metrics``: dicts with ``name``, ``category``, ``higher_is_better``. Each comparison
-    of the hybrid with a baseline is a paired t-test over images; the claim's comparisons
-    (hybrid vs Grad-CAM and vs LRP in every category: 2 x categories tests) are one family,
-    Holm-adjusted to a family-wise error rate of ALPHA. A comparison is "better" or
-    "worse" when its adjusted p < ALPHA, else "no significant difference". Category
-    verdicts: "holds" when the hybrid is significantly better than both baselines
-    (Complexity) or than at least one (other categories); "does not hold" when it is
-    significantly worse than at least one (Complexity) or than both (others); otherwise
-    "not significant". Grad-CAM++ is compared for information, outside the family
-    (unadjusted p).
+    One row per metric; ``row["vs"][other]`` holds the improvement (hybrid - other, signed
+    so that positive is better), its SE, n, the t-test and Wilcoxon p-values, their Holm
+    adjustment over the family of every hybrid-vs-Grad-CAM/LRP comparison in ``metrics``
+    (Grad-CAM++ stays unadjusted, outside the family) and the outcome ("better", "worse"
+    or "no significant difference" at ALPHA).
     """
     rows, family = [], []
     for m in metrics:
@@ -134,6 +129,26 @@ def verdict(scores: dict, metrics: list[dict], explainers: list[str]) -> list[di
                 sig = bool(np.isfinite(p) and p < ALPHA)
                 c["outcome" + suffix] = (("better" if c["improvement"] > 0 else "worse") if sig
                                          else "no significant difference")
+    return rows
+
+
+def verdict(scores: dict, metrics: list[dict], explainers: list[str]) -> list[dict]:
+    """One row per category: does the hybrid beat Grad-CAM / LRP (and Grad-CAM++)?
+
+    ``metrics``: dicts with ``name``, ``category``, ``higher_is_better``. Each comparison
+    of the hybrid with a baseline is a paired t-test over images; the claim's comparisons
+    (hybrid vs Grad-CAM and vs LRP in every category: 2 x categories tests) are one family,
+    Holm-adjusted to a family-wise error rate of ALPHA (see :func:`compare`). A comparison
+    is "better" or "worse" when its adjusted p < ALPHA, else "no significant difference".
+    Category verdicts: "holds" when the hybrid is significantly better than both baselines
+    (Complexity) or than at least one (other categories); "does not hold" when it is
+    significantly worse than at least one (Complexity) or than both (others); otherwise
+    "not significant". Grad-CAM++ is compared for information, outside the family
+    (unadjusted p).
+    """
+    rows = compare(scores, metrics, explainers)
+    for row in rows:
+        for suffix in ("", "_wilcoxon"):
             out = [row["vs"][o]["outcome" + suffix] for o in BASELINES]
             if row["category"] == "Complexity":
                 row["claim"] = "beats both Grad-CAM and LRP"
