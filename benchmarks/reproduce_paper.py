@@ -14,6 +14,12 @@ Nothing is tuned: every explainer and metric runs with its defaults.
 Verdicts per category come from paired differences over images with a paired t-test,
 Holm-adjusted over the claim's comparisons (see :func:`verdict`).
 
+Part (a) also gets (not part of the claim): sanity rows, model parameter randomisation
+(MPRT cascading and independent, eMPRT, sMPRT) on ``--sanity-n`` images, compared
+hybrid vs Grad-CAM / LRP in their own Holm family; and the reliability of the ranking
+(MetaQuantus's minor-perturbation test): ``--meta-draws`` draws of small weight noise and
+of small input noise, each rescoring ``--meta-n`` images (see ``_paper_meta.py``).
+
 Part (b) runs only when asked (``--parts embedded,photos``): with 4 photos and labels that
 are the model's own top-1 (``jaxlrp/assets/photos/labels.json``, wrong for astronaut and
 rocket) it is a smoke run, not a test of the claim.
@@ -23,8 +29,9 @@ Usage::
     python benchmarks/reproduce_paper.py            # 500 embedded test images
     python benchmarks/reproduce_paper.py --quick    # 50 images, for a smoke test
     python benchmarks/reproduce_paper.py --n 1000 --batch-size 100
+    python benchmarks/reproduce_paper.py --sanity-n 0 --meta-draws 0   # the table only
     python benchmarks/reproduce_paper.py --from-json benchmarks/results/paper_table.json
-        # recompute the verdicts from the stored per-example scores, no model run
+        # rebuild every section from the stored per-example scores, no model run
 
 Per-batch scores are kept under ``benchmarks/results/runs/`` so an interrupted run
 resumes where it stopped (``--no-resume`` recomputes).
