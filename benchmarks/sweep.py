@@ -548,20 +548,30 @@ def collect(models: Sequence[str], *, n: int, batch_size: int, key: int = 0,
     variants = [Variant(**v) for v in spec["variants"].values()]
     info = U.machine()
     data = embedded("test", n=n, seed=0)
-    d: dict[str, Any] = {"name": name, "command": command, "jaxlrp": jaxlrp.__version__,
-                         "n": n, "batch_size": batch_size, "key": key, "plan": spec,
-                         "machine": info, "models": {}}
+    scored = {}
     for mname in models:
         model = load_model(mname)
         print(f"{mname}: {len(variants)} variants on {n} images", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         res = score(model, data, variants, batch_size=batch_size, key=key, progress=progress)
-        seconds = time.perf_counter() - t0
+        scored[mname] = (res, time.perf_counter() - t0)
+    info["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    return assemble(spec, scored, info, n=n, batch_size=batch_size, key=key, command=command,
+                    name=name)
+
+
+def assemble(spec: dict, scored: dict[str, tuple[Results, float]], info: dict, *, n: int,
+             batch_size: int, key: int, command: str, name: str) -> dict:
+    """The JSON-ready document: run facts, the plan, and per model (scores, seconds) its
+    description, summaries and every per-image score."""
+    d: dict[str, Any] = {"name": name, "command": command, "jaxlrp": jaxlrp.__version__,
+                         "n": n, "batch_size": batch_size, "key": key, "plan": spec,
+                         "machine": info, "models": {}}
+    for mname, (res, seconds) in scored.items():
         desc = (f"{mname} (`{model_path(mname).name}`) on the embedded test split, "
-                f"{res.num_examples} images, {len(variants)} distinct variants")
+                f"{res.num_examples} images, {len(res.explainers)} distinct variants")
         d["models"][mname] = {"description": desc, "seconds": seconds,
                               "summary": summarise(res, spec), "results": res.to_dict()}
-    info["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     return json.loads(json.dumps(_clean(d)))
 
 
