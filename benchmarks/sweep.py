@@ -518,6 +518,22 @@ def model_path(name: str) -> Path:
     return importlib.import_module(f"jaxlrp.models.{name}").PATH
 
 
+def checkpoint_facts(name: str) -> tuple[str, bool]:
+    """(a note on the model's weights file: test accuracy, whether it is an intermediate
+    checkpoint of a training still under way; True when it is intermediate)."""
+    from jaxlrp import checkpoint
+
+    md = checkpoint.read_header(model_path(name)).get("metadata") or {}
+    recipe = md.get("recipe") or {}
+    planned = recipe.get("epochs") or sum(int(e) for e, _ in recipe.get("phases", ())) or None
+    done = md.get("epochs_done")
+    partial = isinstance(done, int) and isinstance(planned, int) and done < planned
+    acc = md.get("test_accuracy")
+    notes = ([f"test accuracy {acc:.3f}"] if isinstance(acc, float) else []) + (
+        [f"INTERMEDIATE checkpoint: epoch {done} of {planned}"] if partial else [])
+    return ", ".join(notes), partial
+
+
 def load_model(name: str) -> Any:
     """The model, or SystemExit naming the missing weights file and how to make it."""
     path = model_path(name)
@@ -551,6 +567,9 @@ def collect(models: Sequence[str], *, n: int, batch_size: int, key: int = 0,
     scored = {}
     for mname in models:
         model = load_model(mname)
+        note, partial = checkpoint_facts(mname)
+        if partial:
+            print(f"warning: {mname}: {note}", file=sys.stderr)
         print(f"{mname}: {len(variants)} variants on {n} images", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         res = score(model, data, variants, batch_size=batch_size, key=key, progress=progress)
@@ -568,7 +587,9 @@ def assemble(spec: dict, scored: dict[str, tuple[Results, float]], info: dict, *
                          "n": n, "batch_size": batch_size, "key": key, "plan": spec,
                          "machine": info, "models": {}}
     for mname, (res, seconds) in scored.items():
-        desc = (f"{mname} (`{model_path(mname).name}`) on the embedded test split, "
+        note = checkpoint_facts(mname)[0] if model_path(mname).is_file() else ""
+        desc = (f"{mname} (`{model_path(mname).name}`{', ' + note if note else ''}) on the "
+                f"embedded test split, "
                 f"{res.num_examples} images, {len(res.explainers)} distinct variants")
         d["models"][mname] = {"description": desc, "seconds": seconds,
                               "summary": summarise(res, spec), "results": res.to_dict()}
@@ -594,11 +615,29 @@ def rebuild(path: Path) -> str:
     return md
 
 
+def default_models() -> tuple[list[str], dict[str, str]]:
+    """(the models whose weights file exists and is finished, {skipped model: why}): an
+    intermediate checkpoint of a training under way is left out unless asked for."""
+    models, skipped = [], {}
+    for m in MODELS:
+        if not model_path(m).is_file():
+            continue
+        note, partial = checkpoint_facts(m)
+        if partial:
+            skipped[m] = (f"its weights file is an {note.split('INTERMEDIATE ')[-1]} (a "
+                          f"training still under way); `--models {m}` runs it anyway")
+            print(f"sweep.py: skipping {m}: {skipped[m]}", file=sys.stderr)
+        else:
+            models.append(m)
+    return models, skipped
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", choices=MODELS, default=None,
-                   help="models to run (default: every model whose weights file exists)")
+                   help="models to run (default: every model whose weights file exists, "
+                   "except an intermediate checkpoint of a training still under way)")
     p.add_argument("--n", type=int, default=200, help="embedded test images (default 200)")
     p.add_argument("--batch-size", type=int, default=50, help="images per batch (default 50)")
     p.add_argument("--quick", action="store_true", help="16 images, batch 16")
@@ -616,15 +655,16 @@ def main(argv: list[str] | None = None) -> int:
         print(rebuild(Path(args.from_json)))
         return 0
     n, bs = (2, 2) if args.tiny else (16, 16) if args.quick else (args.n, args.batch_size)
-    models = args.models or [m for m in MODELS if model_path(m).is_file()]
+    models, skipped = (args.models, {}) if args.models else default_models()
     if not models:
-        raise SystemExit("sweep.py: no model has its weights file; see --help")
+        raise SystemExit("sweep.py: no model has a finished weights file; see --help")
     flags = " ".join(sys.argv[1:] if argv is None else argv)
     d = collect(models, n=n, batch_size=bs, key=args.key,
                 sweeps=[s for s in args.sweeps if s in SWEEPS],
                 ablation="ablation" in args.sweeps, name=args.name,
                 command=f"python benchmarks/sweep.py {flags}".strip(),
                 progress=not args.no_progress)
+    d["models"].update({m: {"not_evaluated": why} for m, why in skipped.items()})
     print(write(d))
     return 0
 

@@ -99,6 +99,20 @@ def test_missing_weights_name_the_file_and_the_command(monkeypatch, tmp_path):
         SW.load_model("convnext")
 
 
+def test_default_models_skip_an_intermediate_checkpoint(monkeypatch, tmp_path):
+    from jaxlrp import checkpoint
+    from jaxlrp.models.default import DEFAULT_PATH
+
+    part = tmp_path / "reference_vit.msgpack"
+    checkpoint.save(part, default_model(), metadata={
+        "epochs_done": 7, "recipe": {"phases": [[40, 0.002], [14, 0.001]]}})
+    paths = {"vgg": DEFAULT_PATH, "convnext": tmp_path / "missing.msgpack", "vit": part}
+    monkeypatch.setattr(SW, "model_path", paths.get)
+    models, skipped = SW.default_models()
+    assert models == ["vgg"] and list(skipped) == ["vit"]
+    assert "epoch 7 of 54" in skipped["vit"] and "--models vit" in skipped["vit"]
+
+
 def test_blur_vs_multiplication_answer_follows_the_data():
     rng = np.random.default_rng(0)
     n = 40
@@ -114,3 +128,16 @@ def test_blur_vs_multiplication_answer_follows_the_data():
     assert "comes from the multiplication" in st["answer"]
     rows = {r["step"]: r for r in st["rows"]}
     assert rows["blur"]["outcome"] == "worse" and rows["multiplication"]["outcome"] == "better"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["vit", "convnext"])
+def test_parts_give_the_hybrid_on_other_architectures(batch, arch):
+    from jaxlrp.models import convnext, vit
+
+    model = {"vit": vit.build_vit, "convnext": convnext.build_convnext}[arch](0)
+    _, x, t = batch
+    cam, rel = SW.parts(model, x, t)
+    full = jaxlrp.hybrid(model, x, t, return_parts=True)
+    np.testing.assert_allclose(cam, full.cam, atol=1e-6)
+    np.testing.assert_allclose(SW._maps(SW.Variant(), cam, rel), full.hybrid, atol=1e-5)
