@@ -330,7 +330,8 @@ def answer(rows: list[dict], best: str) -> str:
     blur_sig = r["blur"]["outcome"] == "better"
     if mult_sig and not blur_sig:
         verdict = ("the gain comes from the multiplication (with the denoised CAM), not from "
-                   "the blur")
+                   "the blur" + (", which makes the maps less sparse"
+                                 if r["blur"]["outcome"] == "worse" else ""))
     elif blur_sig and not mult_sig:
         verdict = "the gain comes from the blur, not from the multiplication"
     elif blur_sig and mult_sig:

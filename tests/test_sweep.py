@@ -126,6 +126,7 @@ def test_blur_vs_multiplication_answer_follows_the_data():
     st = SW.steps(res, {k: k for k in scores})
     assert st["best_single"] == "cam"
     assert "comes from the multiplication" in st["answer"]
+    assert st["answer"].endswith("not from the blur, which makes the maps less sparse.")
     rows = {r["step"]: r for r in st["rows"]}
     assert rows["blur"]["outcome"] == "worse" and rows["multiplication"]["outcome"] == "better"
 
