@@ -183,9 +183,9 @@ def workload_vgg16(batch: int, reps: int, floor_pools: str = "all") -> dict:
 
 
 VIT_CONFIGS = {
-    "default": {},  # jaxlrp.models.vit.CONFIG: 64x64, patch 8
+    "default": {},  # jaxlrp.models.vit.CONFIG: 64x64, conv stem + 2x2 patch conv, 8x8 tokens
     "s16": {"input_size": 224, "patch_size": 16, "dim": 384, "depth": 12, "num_heads": 6,
-            "mlp_dim": 1536, "num_classes": 1000},
+            "mlp_dim": 1536, "num_classes": 1000, "stem_channels": ()},
 }
 
 

@@ -19,14 +19,17 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "demo", help="explain bundled photos and embedded images; no download",
         description="Explain the four bundled photos with EfficientNet-Lite0 and eight "
-                    "embedded test images with the default model (Grad-CAM++ | LRP | "
-                    "hybrid), write one comparison figure per image (<out>/photos/, "
-                    "<out>/embedded/) and one grid per model (<out>/photos_grid.png, "
-                    "<out>/embedded_grid.png), and print the predicted labels. LRP uses "
-                    "each model's default composite, as 'jaxlrp explain' does: the "
-                    "paper's on the default model and epsilon_plus_flat on "
+                    "embedded test images with the default VGG and with the reference ViT "
+                    "(Grad-CAM++ | LRP | hybrid), write one comparison figure per image "
+                    "(<out>/photos/, <out>/embedded/, <out>/embedded_vit/) and one grid "
+                    "per model (<out>/photos_grid.png, <out>/embedded_grid.png, "
+                    "<out>/embedded_vit_grid.png), and print the predicted labels. LRP "
+                    "uses each model's default composite, as 'jaxlrp explain' does: the "
+                    "paper's on the default model, epsilon_plus_flat on "
                     "EfficientNet-Lite0 (whose inputs are signed, where z+ at the input "
-                    "layer is ill-suited; jaxlrp.models.registry). Everything is bundled; "
+                    "layer is ill-suited) and AttnLRP on the ViT "
+                    "(jaxlrp.models.registry). The ViT's CAM layer is its last block's "
+                    "patch tokens, mapped to their 8x8 grid. Everything is bundled; "
                     "nothing is downloaded.",
         formatter_class=_Formatter,
     )
@@ -97,23 +100,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
                          [p.label_name for p in items], truth=False)
     grids.append(written[-1])
 
-    comp = entry("default").composite
-    _say(f"Default model (VGG) on embedded test images (LRP composite {comp}):")
-    try:
-        lm = load_model("default")
-    except ExplanationError as e:
-        _fail("demo", str(e))
-        status = 1
-    else:
+    for name, label, folder in (("default", "Default VGG", "embedded"),
+                                ("vit", "ViT", "embedded_vit")):
+        comp = entry(name).composite
+        _say(f"{label} on embedded test images (LRP composite {comp}):")
+        try:
+            lm = load_model(name)
+        except ExplanationError as e:
+            _fail("demo", str(e))
+            status = 1
+            continue
         n = 4 if args.quick else 8
         data = embedded("test", n=n, seed=0)
         xs = [np.asarray(im, np.float32) for im in data.images]
         names = [f"test{i}_{data.class_names[int(y)]}" for i, y in enumerate(data.labels)]
-        written = _demo_part(lm, names, xs, out / "embedded",
-                             f"Default VGG: Grad-CAM++ | LRP ({lm.composite}) | hybrid",
+        written = _demo_part(lm, names, xs, out / folder,
+                             f"{label}: Grad-CAM++ | LRP ({lm.composite}) | hybrid",
                              [data.class_names[int(y)] for y in data.labels], truth=True)
         grids.append(written[-1])
-    _say(f"Wrote per-image figures to {out / 'photos'} and {out / 'embedded'}; grids: "
+    _say(f"Wrote per-image figures to {out}/{{photos,embedded,embedded_vit}}; grids: "
          + ", ".join(str(g) for g in grids)
          + f" ({time.perf_counter() - start:.0f} s)")
     return status

@@ -2,7 +2,9 @@
 
 Both share one parameter layout (the checkpoint's), so the same weights load into either::
 
-    stem/conv, stem/norm     conv s x s, stride s (patchify) -> LayerNorm over channels
+    stem_convs/i             (optional, ``stem_channels=(c0, c1, ...)``) conv 3x3 stride 2 SAME
+                             -> GELU, one per entry (k entries)
+    stem/conv, stem/norm     conv q x q, stride q (patchify, q = s / 2^k) -> LayerNorm
     downsample/i             (stage i >= 1) LayerNorm -> conv 2x2 stride 2
       norm, conv
     stages/i/j               ConvNeXt block, (B, H, W, C) -> (B, H, W, C):
@@ -11,11 +13,16 @@ Both share one parameter layout (the checkpoint's), so the same weights load int
       pwconv1, pwconv2         Dense C -> 4C -> GELU -> Dense 4C -> C
       gamma                    layer scale (C,)
                                output: x + gamma * pwconv2(GELU(pwconv1(norm(dwconv(x)))))
-    norm                     LayerNorm of the global average pool
+    norm                     LayerNorm of the global pool (``pool="mean"``: average, the
+                             usual ConvNeXt head; ``"max"``: maximum over positions)
     head                     Dense -> (B, K) logits
 
 Each ``stages/i/j`` call outputs a spatial (B, H, W, C) map (a natural Grad-CAM layer).
-GELU is the exact (erf) form; no stochastic depth.
+GELU is the exact (erf) form; no stochastic depth. The optional convolutional stem
+(as in the reference ViT, after Xiao et al., NeurIPS 2021) puts a few stride-2 3x3
+convolutions before the patchify conv; the stage resolutions are unchanged. The shipped
+ConvNeXt has one: with the plain 8x8 patchify stem, training on the embedded dataset sat
+at chance for 12 to 25 epochs (``benchmarks/results/reference_models.json``).
 
 * :func:`convnext_model` / :func:`convnext_linen` load the shipped checkpoint
   ``jaxlrp/assets/reference_convnext.msgpack`` (trained with :data:`RECIPE` by
@@ -43,12 +50,14 @@ LN_EPSILON = 1e-6
 # The architecture of the shipped ConvNeXt (constructor kwargs of ConvNeXt / ConvNeXtLinen).
 CONFIG: dict[str, Any] = {
     "num_classes": 8,
-    "widths": (32, 64, 128),  # 64x64 input, stem 8 -> stages at 8x8, 4x4, 2x2
-    "depths": (1, 1, 1),
+    "widths": (48, 96),  # 64x64 input, stem 8 -> stages at 8x8 and 4x4
+    "depths": (2, 2),
     "stem_size": 8,
-    "layer_scale": 0.1,
+    "stem_channels": (16, 32),  # 64 -> 32 -> 16, then a 2x2 patchify conv -> 8x8
+    "layer_scale": 1.0,
     "in_channels": 3,
     "input_size": 64,
+    "pool": "max",
 }
 
 # The training recipe of the shipped ConvNeXt (see jaxlrp.models.reference.train_reference).
@@ -58,7 +67,7 @@ RECIPE: dict[str, Any] = {
     "weight_decay": 0.05,
     "seed": 0,
     "augment": "flips+rot90",
-    "phases": ((14, 1e-3),),
+    "phases": ((30, 2e-3), (10, 1e-3)),
 }
 
 _w_init = scaled_normal(1.0)  # LeCun normal
@@ -67,6 +76,11 @@ _zeros = nn.initializers.zeros
 
 def _gelu(x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=False)
+
+
+def _global_pool(x: jax.Array, how: str) -> jax.Array:
+    """(B, H, W, C) -> (B, C): mean or max over the positions."""
+    return jnp.max(x, axis=(1, 2)) if how == "max" else jnp.mean(x, axis=(1, 2))
 
 
 def _check_config(cfg: dict) -> None:
@@ -80,6 +94,16 @@ def _check_config(cfg: dict) -> None:
             f"depths: expected {len(cfg['widths'])} positive block counts (one per width), "
             f"got {cfg['depths']}"
         )
+    stem = tuple(cfg.get("stem_channels", ()))
+    if any(int(c) <= 0 for c in stem):
+        raise ExplanationError(f"stem_channels: expected positive channel counts, got {stem}")
+    if cfg["stem_size"] % 2 ** len(stem):
+        raise ExplanationError(
+            f"stem_size: expected a multiple of 2^{len(stem)} (one stride-2 conv per "
+            f"stem_channels entry {stem}), got {cfg['stem_size']}"
+        )
+    if cfg.get("pool", "mean") not in ("mean", "max"):
+        raise ExplanationError(f"pool: expected 'mean' or 'max', got {cfg['pool']!r}")
     if float(cfg["layer_scale"]) <= 0:
         raise ExplanationError(f"layer_scale: expected > 0, got {cfg['layer_scale']}")
     s = cfg["stem_size"] * 2 ** (len(cfg["widths"]) - 1)
@@ -97,9 +121,11 @@ def _config(obj: Any) -> dict:
         "widths": [int(w) for w in obj.widths],
         "depths": [int(d) for d in obj.depths],
         "stem_size": int(obj.stem_size),
+        "stem_channels": [int(c) for c in obj.stem_channels],
         "layer_scale": float(obj.layer_scale),
         "in_channels": int(obj.in_channels),
         "input_size": list(_pair(obj.input_size)),
+        "pool": str(obj.pool),
     }
 
 
@@ -144,7 +170,10 @@ class ConvNeXt(nnx.Module):
       num_classes: number of logits K.
       widths: channels of each stage; stages after the first start with a 2x downsampling.
       depths: ConvNeXt blocks per stage.
-      stem_size: side and stride of the patchify stem.
+      stem_size: total stride of the stem (the patchify conv's side and stride when
+        ``stem_channels`` is empty).
+      stem_channels: channels of 3x3 stride-2 GELU convolutions before the patchify conv.
+      pool: global pooling before the head, ``"mean"`` or ``"max"``.
       layer_scale: initial value of every block's layer scale ``gamma``.
       in_channels: input channels C.
       input_size: input (H, W) (an int for square images).
@@ -153,14 +182,24 @@ class ConvNeXt(nnx.Module):
     def __init__(self, num_classes: int = 8, widths: Sequence[int] = (32, 64, 128),
                  depths: Sequence[int] = (1, 1, 1), stem_size: int = 4,
                  layer_scale: float = 0.1, in_channels: int = 3,
-                 input_size: int | Sequence[int] = 64, *, rngs: nnx.Rngs):
+                 input_size: int | Sequence[int] = 64, stem_channels: Sequence[int] = (),
+                 pool: str = "mean", *, rngs: nnx.Rngs):
         self.num_classes, self.stem_size = int(num_classes), int(stem_size)
         self.widths, self.depths = tuple(int(w) for w in widths), tuple(int(d) for d in depths)
         self.layer_scale, self.in_channels = float(layer_scale), int(in_channels)
         self.input_size = _pair(input_size)
+        self.stem_channels = tuple(int(c) for c in stem_channels)
+        self.pool = str(pool)
         _check_config(self.config())
         w = self.widths
-        self.stem = NormConv(self.in_channels, w[0], self.stem_size, False, rngs=rngs)
+        chans = (self.in_channels, *self.stem_channels)
+        self.stem_convs = nnx.List([
+            nnx.Conv(chans[i], chans[i + 1], (3, 3), strides=(2, 2), padding="SAME",
+                     kernel_init=_w_init, rngs=rngs)
+            for i in range(len(chans) - 1)
+        ])
+        q = self.stem_size // 2 ** (len(chans) - 1)
+        self.stem = NormConv(chans[-1], w[0], q, False, rngs=rngs)
         self.downsample = nnx.List(
             [NormConv(w[i - 1], w[i], 2, True, rngs=rngs) for i in range(1, len(w))]
         )
@@ -177,13 +216,15 @@ class ConvNeXt(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_model_input(x, self.in_channels, self.input_size, "ConvNeXt")
+        for conv in self.stem_convs:
+            x = _gelu(conv(x))
         x = self.stem(x)
         for i, stage in enumerate(self.stages):
             if i > 0:
                 x = self.downsample[i - 1](x)
             for block in stage:
                 x = block(x)
-        return self.head(self.norm(jnp.mean(x, axis=(1, 2))))
+        return self.head(self.norm(_global_pool(x, self.pool)))
 
 
 # ----------------------------------------------------------------------------- Linen
@@ -231,6 +272,8 @@ class ConvNeXtLinen(nn.Module):
     layer_scale: float = 0.1
     in_channels: int = 3
     input_size: int | Sequence[int] = 64
+    stem_channels: Sequence[int] = ()
+    pool: str = "mean"
 
     def config(self) -> dict:
         """Constructor keyword arguments (JSON-compatible), as :meth:`ConvNeXt.config`."""
@@ -239,7 +282,11 @@ class ConvNeXtLinen(nn.Module):
     def setup(self) -> None:
         _check_config(self.config())
         w, depths, ls = tuple(self.widths), tuple(self.depths), float(self.layer_scale)
-        self.stem = NormConvLinen(w[0], self.stem_size, False)
+        stem = tuple(self.stem_channels)
+        self.stem_convs = Indexed(
+            lambda i: nn.Conv(stem[i], (3, 3), strides=(2, 2), padding="SAME",
+                              kernel_init=_w_init), len(stem))
+        self.stem = NormConvLinen(w[0], self.stem_size // 2 ** len(stem), False)
         self.downsample = Indexed(lambda i: NormConvLinen(w[i + 1], 2, True), len(w) - 1)
         self.stages = Indexed(
             lambda i: Indexed(lambda j: ConvNeXtBlockLinen(w[i], ls), depths[i]), len(w)
@@ -249,13 +296,15 @@ class ConvNeXtLinen(nn.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_model_input(x, self.in_channels, _pair(self.input_size), "ConvNeXtLinen")
+        for i in range(len(self.stem_channels)):
+            x = _gelu(self.stem_convs[i](x))
         x = self.stem(x)
         for i, d in enumerate(self.depths):
             if i > 0:
                 x = self.downsample[i - 1](x)
             for j in range(d):
                 x = self.stages[i][j](x)
-        return self.head(self.norm(jnp.mean(x, axis=(1, 2))))
+        return self.head(self.norm(_global_pool(x, self.pool)))
 
 
 # ----------------------------------------------------------------------------- shipped model
@@ -271,6 +320,7 @@ def linen_module(model: ConvNeXt) -> ConvNeXtLinen:
     cfg = model.config()
     return ConvNeXtLinen(**{**cfg, "widths": tuple(cfg["widths"]),
                             "depths": tuple(cfg["depths"]),
+                            "stem_channels": tuple(cfg["stem_channels"]),
                             "input_size": tuple(cfg["input_size"])})
 
 
