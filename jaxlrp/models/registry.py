@@ -13,9 +13,8 @@ name                      default composite      why
                                                  the input layer, z+ on the other convolutions
                                                  and epsilon on the dense layer do not
 ``default``               ``paper``              inputs lie in [0, 1], as the paper assumes
-``vit``                   ``attn_lrp``           LayerNorm, GELU, softmax attention: AttnLRP's
-                                                 rules (Achtibat et al., ICML 2024)
-``convnext``              ``attn_lrp``           LayerNorm and GELU, as in the ViT
+``convnext``              ``attn_lrp``           LayerNorm and GELU: AttnLRP's rules
+                                                 (Achtibat et al., ICML 2024)
 ========================  =====================  ===============================================
 """
 
@@ -41,12 +40,6 @@ def _default_vgg() -> Any:
     from jaxlrp.models.default import load_default_model
 
     return load_default_model()
-
-
-def _vit() -> Any:
-    from jaxlrp.models.vit import vit_model
-
-    return vit_model()
 
 
 def _convnext() -> Any:
@@ -76,8 +69,6 @@ SHIPPED: dict[str, ModelEntry] = {
         "epsilon_plus_flat", aliases=("efficientnet_lite0",)),
     "default": ModelEntry(
         "default", _default_vgg, "VGG on the embedded shapes, 64x64", "paper"),
-    "vit": ModelEntry(
-        "vit", _vit, "ViT on the embedded shapes, 64x64", "attn_lrp"),
     "convnext": ModelEntry(
         "convnext", _convnext, "ConvNeXt-style CNN on the embedded shapes, 64x64", "attn_lrp"),
 }

@@ -2,8 +2,9 @@
 
 Both share one parameter layout (the checkpoint's), so the same weights load into either::
 
-    stem_convs/i             (optional, ``stem_channels=(c0, c1, ...)``) conv 3x3 stride 2 SAME -> GELU,
-                             one per entry: (B, H, W, C) -> (B, H / 2^k, W / 2^k, c_last)
+    stem_convs/i             (optional, ``stem_channels=(c0, c1, ...)``) conv 3x3
+                             stride 2 SAME -> GELU, one per entry (k entries):
+                             (B, H, W, C) -> (B, H / 2^k, W / 2^k, c_last)
     patch_embed              conv q x q, stride q, VALID -> (B, h, w, D), q = p / 2^k
                              (the plain ViT's patch conv when there is no stem)
     cls_token                (1, 1, D)   prepended to the h*w patch tokens
@@ -20,9 +21,10 @@ The last block's call (``blocks/{depth-1}``) returns the token sequence
 row-major order. GELU is the exact (erf) form; no dropout. The convolutional stem
 (Xiao et al., "Early convolutions help transformers see better", NeurIPS 2021) replaces
 the single p x p patch conv by a few stride-2 3x3 convolutions; the token grid is the
-same (H / p, W / p). The shipped ViT has one: with a plain 8x8 patch conv the same
-transformer reached only 52% in 24 epochs on the embedded dataset
-(``benchmarks/results/reference_models.json``, key ``vit_plain_patch``).
+same (H / p, W / p). :data:`CONFIG` has one: on the embedded dataset a plain 8x8 patch
+conv (dim 32) reached 52% in 24 epochs, the two-conv stem (dim 64) 52% in 8 epochs and
+72% in 34 (``benchmarks/results/reference_models.json``, keys ``vit_plain_patch`` and
+``vit_stem2_stopped``), still short of the 90% a shipped model needs.
 
 * :func:`vit_model` / :func:`vit_linen` load the shipped checkpoint
   ``jaxlrp/assets/reference_vit.msgpack`` (trained with :data:`RECIPE` by :func:`train_vit`).
