@@ -141,7 +141,7 @@ def test_vit_config_errors(bad, match):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(depths=(1, 1)), "depths"),
+    (dict(depths=(1, 1, 1)), "depths"),
     (dict(stem_size=12), "input_size"),
     (dict(layer_scale=0.0), "layer_scale"),
     (dict(stem_channels=(-1,)), "stem_channels"),
