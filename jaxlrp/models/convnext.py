@@ -43,7 +43,16 @@ from flax import linen as nn
 from flax import nnx
 
 from jaxlrp.errors import ExplanationError
-from jaxlrp.models.reference import ASSETS, load_reference, to_linen, train_reference
+from jaxlrp.models.reference import (
+    ASSETS,
+    apply_conv_stem,
+    check_conv_stem,
+    conv_stem,
+    conv_stem_linen,
+    load_reference,
+    to_linen,
+    train_reference,
+)
 from jaxlrp.models.vgg import Indexed, _pair, check_model_input, scaled_normal
 
 PATH = ASSETS / "reference_convnext.msgpack"
@@ -96,14 +105,7 @@ def _check_config(cfg: dict) -> None:
             f"depths: expected {len(cfg['widths'])} positive block counts (one per width), "
             f"got {cfg['depths']}"
         )
-    stem = tuple(cfg.get("stem_channels", ()))
-    if any(int(c) <= 0 for c in stem):
-        raise ExplanationError(f"stem_channels: expected positive channel counts, got {stem}")
-    if cfg["stem_size"] % 2 ** len(stem):
-        raise ExplanationError(
-            f"stem_size: expected a multiple of 2^{len(stem)} (one stride-2 conv per "
-            f"stem_channels entry {stem}), got {cfg['stem_size']}"
-        )
+    check_conv_stem(cfg.get("stem_channels", ()), cfg["stem_size"], "stem_size")
     if cfg.get("pool", "mean") not in ("mean", "max"):
         raise ExplanationError(f"pool: expected 'mean' or 'max', got {cfg['pool']!r}")
     if float(cfg["layer_scale"]) <= 0:
@@ -194,14 +196,10 @@ class ConvNeXt(nnx.Module):
         self.pool = str(pool)
         _check_config(self.config())
         w = self.widths
-        chans = (self.in_channels, *self.stem_channels)
-        self.stem_convs = nnx.List([
-            nnx.Conv(chans[i], chans[i + 1], (3, 3), strides=(2, 2), padding="SAME",
-                     kernel_init=_w_init, rngs=rngs)
-            for i in range(len(chans) - 1)
-        ])
-        q = self.stem_size // 2 ** (len(chans) - 1)
-        self.stem = NormConv(chans[-1], w[0], q, False, rngs=rngs)
+        self.stem_convs = conv_stem(self.in_channels, self.stem_channels, _w_init, rngs)
+        q = self.stem_size // 2 ** len(self.stem_channels)
+        stem_out = self.stem_channels[-1] if self.stem_channels else self.in_channels
+        self.stem = NormConv(stem_out, w[0], q, False, rngs=rngs)
         self.downsample = nnx.List(
             [NormConv(w[i - 1], w[i], 2, True, rngs=rngs) for i in range(1, len(w))]
         )
@@ -218,9 +216,7 @@ class ConvNeXt(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_model_input(x, self.in_channels, self.input_size, "ConvNeXt")
-        for conv in self.stem_convs:
-            x = _gelu(conv(x))
-        x = self.stem(x)
+        x = self.stem(apply_conv_stem(self.stem_convs, len(self.stem_channels), x))
         for i, stage in enumerate(self.stages):
             if i > 0:
                 x = self.downsample[i - 1](x)
@@ -284,11 +280,9 @@ class ConvNeXtLinen(nn.Module):
     def setup(self) -> None:
         _check_config(self.config())
         w, depths, ls = tuple(self.widths), tuple(self.depths), float(self.layer_scale)
-        stem = tuple(self.stem_channels)
-        self.stem_convs = Indexed(
-            lambda i: nn.Conv(stem[i], (3, 3), strides=(2, 2), padding="SAME",
-                              kernel_init=_w_init), len(stem))
-        self.stem = NormConvLinen(w[0], self.stem_size // 2 ** len(stem), False)
+        self.stem_convs = conv_stem_linen(self.stem_channels, _w_init)
+        self.stem = NormConvLinen(w[0], self.stem_size // 2 ** len(tuple(self.stem_channels)),
+                                  False)
         self.downsample = Indexed(lambda i: NormConvLinen(w[i + 1], 2, True), len(w) - 1)
         self.stages = Indexed(
             lambda i: Indexed(lambda j: ConvNeXtBlockLinen(w[i], ls), depths[i]), len(w)
@@ -298,9 +292,7 @@ class ConvNeXtLinen(nn.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_model_input(x, self.in_channels, _pair(self.input_size), "ConvNeXtLinen")
-        for i in range(len(self.stem_channels)):
-            x = _gelu(self.stem_convs[i](x))
-        x = self.stem(x)
+        x = self.stem(apply_conv_stem(self.stem_convs, len(self.stem_channels), x))
         for i, d in enumerate(self.depths):
             if i > 0:
                 x = self.downsample[i - 1](x)

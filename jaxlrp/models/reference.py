@@ -5,7 +5,9 @@ Each reference model module defines ``CONFIG`` (constructor kwargs), ``RECIPE``
 layout. :func:`train_reference` is the one training procedure (it calls
 :func:`jaxlrp.training.train`); :func:`load_reference` reads a shipped checkpoint
 (msgpack via :mod:`jaxlrp.checkpoint`) into an NNX model; :func:`to_linen` gives the
-Linen twin bound to the same arrays.
+Linen twin bound to the same arrays. The optional convolutional stem of both models
+(:func:`check_conv_stem`, :func:`conv_stem`, :func:`conv_stem_linen`,
+:func:`apply_conv_stem`) is defined here once.
 """
 
 from __future__ import annotations
@@ -13,16 +15,56 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
+from flax import linen as nn
 from flax import nnx
 
 from jaxlrp.errors import ExplanationError
+from jaxlrp.models.vgg import Indexed
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def check_conv_stem(channels: Sequence[int], stride: int, stride_key: str) -> None:
+    """``channels`` positive, and ``stride`` (the config's ``stride_key``) a multiple of
+    2^len(channels), one stride-2 conv per entry."""
+    stem = tuple(channels)
+    if any(int(c) <= 0 for c in stem):
+        raise ExplanationError(f"stem_channels: expected positive channel counts, got {stem}")
+    if stride % 2 ** len(stem):
+        raise ExplanationError(
+            f"{stride_key}: expected a multiple of 2^{len(stem)} (one stride-2 conv per "
+            f"stem_channels entry {stem}), got {stride}"
+        )
+
+
+def conv_stem(in_channels: int, channels: Sequence[int], kernel_init: Any,
+              rngs: nnx.Rngs) -> nnx.List:
+    """The NNX stem: one 3x3 stride-2 SAME conv per entry of ``channels`` (path ``i``)."""
+    chans = (int(in_channels), *(int(c) for c in channels))
+    return nnx.List([
+        nnx.Conv(chans[i], chans[i + 1], (3, 3), strides=(2, 2), padding="SAME",
+                 kernel_init=kernel_init, rngs=rngs)
+        for i in range(len(chans) - 1)
+    ])
+
+
+def conv_stem_linen(channels: Sequence[int], kernel_init: Any) -> Indexed:
+    """The Linen twin of :func:`conv_stem` (same parameter paths); build it in ``setup``."""
+    chans = tuple(int(c) for c in channels)
+    return Indexed(lambda i: nn.Conv(chans[i], (3, 3), strides=(2, 2), padding="SAME",
+                                     kernel_init=kernel_init), len(chans))
+
+
+def apply_conv_stem(convs: Any, n: int, x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, H / 2^n, W / 2^n, c_last): each of the ``n`` convs, then exact GELU."""
+    for i in range(n):
+        x = jax.nn.gelu(convs[i](x), approximate=False)
+    return x
 
 
 def train_reference(

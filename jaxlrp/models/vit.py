@@ -42,7 +42,16 @@ from flax import linen as nn
 from flax import nnx
 
 from jaxlrp.errors import ExplanationError
-from jaxlrp.models.reference import ASSETS, load_reference, to_linen, train_reference
+from jaxlrp.models.reference import (
+    ASSETS,
+    apply_conv_stem,
+    check_conv_stem,
+    conv_stem,
+    conv_stem_linen,
+    load_reference,
+    to_linen,
+    train_reference,
+)
 from jaxlrp.models.vgg import Indexed, _pair, check_model_input, scaled_normal
 
 PATH = ASSETS / "reference_vit.msgpack"
@@ -89,14 +98,7 @@ def _check_config(cfg: dict) -> None:
         raise ExplanationError(
             f"num_heads: expected a divisor of dim={cfg['dim']}, got {cfg['num_heads']}"
         )
-    stem = tuple(cfg.get("stem_channels", ()))
-    if any(int(c) <= 0 for c in stem):
-        raise ExplanationError(f"stem_channels: expected positive channel counts, got {stem}")
-    if cfg["patch_size"] % 2 ** len(stem):
-        raise ExplanationError(
-            f"patch_size: expected a multiple of 2^{len(stem)} (one stride-2 conv per "
-            f"stem_channels entry {stem}), got {cfg['patch_size']}"
-        )
+    check_conv_stem(cfg.get("stem_channels", ()), cfg["patch_size"], "patch_size")
     h, w = _pair(cfg["input_size"])
     p = cfg["patch_size"]
     if h % p or w % p:
@@ -177,14 +179,10 @@ class ViT(nnx.Module):
         _check_config(self.config())
         p, d = self.patch_size, self.dim
         n = (self.input_size[0] // p) * (self.input_size[1] // p)
-        chans = (self.in_channels, *self.stem_channels)
-        self.stem_convs = nnx.List([
-            nnx.Conv(chans[i], chans[i + 1], (3, 3), strides=(2, 2), padding="SAME",
-                     kernel_init=_w_init, rngs=rngs)
-            for i in range(len(self.stem_channels))
-        ])
+        self.stem_convs = conv_stem(self.in_channels, self.stem_channels, _w_init, rngs)
         q = p // 2 ** len(self.stem_channels)
-        self.patch_embed = nnx.Conv(chans[-1], d, (q, q), strides=(q, q),
+        stem_out = self.stem_channels[-1] if self.stem_channels else self.in_channels
+        self.patch_embed = nnx.Conv(stem_out, d, (q, q), strides=(q, q),
                                     padding="VALID", kernel_init=_w_init, rngs=rngs)
         self.cls_token = nnx.Param(_zeros(rngs.params(), (1, 1, d)))
         self.pos_embed = nnx.Param(_embed_init(rngs.params(), (1, 1 + n, d)))
@@ -200,9 +198,7 @@ class ViT(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_model_input(x, self.in_channels, self.input_size, "ViT")
-        for conv in self.stem_convs:
-            x = _gelu(conv(x))
-        x = self.patch_embed(x)
+        x = self.patch_embed(apply_conv_stem(self.stem_convs, len(self.stem_channels), x))
         b, h, w, d = x.shape
         cls = jnp.broadcast_to(self.cls_token[...], (b, 1, d)).astype(x.dtype)
         x = jnp.concatenate([cls, x.reshape(b, h * w, d)], axis=1) + self.pos_embed[...]
@@ -267,11 +263,8 @@ class ViTLinen(nn.Module):
         p, d = self.patch_size, self.dim
         h, w = _pair(self.input_size)
         n = (h // p) * (w // p)
-        stem = tuple(self.stem_channels)
-        self.stem_convs = Indexed(
-            lambda i: nn.Conv(stem[i], (3, 3), strides=(2, 2), padding="SAME",
-                              kernel_init=_w_init), len(stem))
-        q = p // 2 ** len(stem)
+        self.stem_convs = conv_stem_linen(self.stem_channels, _w_init)
+        q = p // 2 ** len(tuple(self.stem_channels))
         self.patch_embed = nn.Conv(d, (q, q), strides=(q, q), padding="VALID",
                                    kernel_init=_w_init)
         self.cls_token = self.param("cls_token", _zeros, (1, 1, d))
@@ -283,9 +276,7 @@ class ViTLinen(nn.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_model_input(x, self.in_channels, _pair(self.input_size), "ViTLinen")
-        for i in range(len(self.stem_channels)):
-            x = _gelu(self.stem_convs[i](x))
-        x = self.patch_embed(x)
+        x = self.patch_embed(apply_conv_stem(self.stem_convs, len(self.stem_channels), x))
         b, h, w, d = x.shape
         cls = jnp.broadcast_to(self.cls_token, (b, 1, d)).astype(x.dtype)
         x = jnp.concatenate([cls, x.reshape(b, h * w, d)], axis=1) + self.pos_embed
