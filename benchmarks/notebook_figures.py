@@ -39,6 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as U  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "notebooks"))
+from _nb import kernel_name  # noqa: E402  (the kernel tests/test_notebooks.py uses too)
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 FIGURES_ENV = "JAXLRP_NOTEBOOK_FIGURES"  # = notebooks/_nb.py's FIGURES_ENV
@@ -65,24 +68,6 @@ def find_notebooks(specs: list[str]) -> list[Path]:
             raise SystemExit(f"--notebooks: {spec!r} names {len(hits)} notebooks in notebooks/")
         paths.append(hits[0])
     return paths
-
-
-def kernel_name() -> str:
-    """A kernel running this interpreter; installs the venv's kernelspec if missing
-    (as ``tests/test_notebooks.py``)."""
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-    try:
-        spec = KernelSpecManager().get_kernel_spec("python3")
-        exe = spec.argv[0]
-        if exe in ("python", "python3") or Path(exe).resolve() == Path(sys.executable).resolve():
-            return "python3"
-    except NoSuchKernel:
-        pass
-    from ipykernel.kernelspec import install
-
-    install(prefix=sys.prefix, kernel_name="python3")
-    return "python3"
 
 
 @contextlib.contextmanager

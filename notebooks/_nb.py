@@ -51,3 +51,25 @@ def record(name: str, value: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(figures, indent=2, allow_nan=True) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def kernel_name() -> str:
+    """A Jupyter kernel running this interpreter (installs the venv's kernelspec if
+    missing): the kernel ``tests/test_notebooks.py`` and ``benchmarks/notebook_figures.py``
+    execute the notebooks in."""
+    import sys
+    from pathlib import Path
+
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec("python3")
+        exe = spec.argv[0]
+        if exe in ("python", "python3") or Path(exe).resolve() == Path(sys.executable).resolve():
+            return "python3"
+    except NoSuchKernel:
+        pass
+    from ipykernel.kernelspec import install
+
+    install(prefix=sys.prefix, kernel_name="python3")
+    return "python3"

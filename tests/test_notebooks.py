@@ -10,25 +10,12 @@ import nbclient  # noqa: E402  (the test extra installs both; a missing one must
 import nbformat  # noqa: E402
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+sys.path.insert(0, str(NOTEBOOK_DIR))
+from _nb import kernel_name  # noqa: E402  (the notebooks' own scaffolding)
+
 TIMEOUT_S = 900  # per cell; the whole quick-mode suite takes a few minutes on 2 cores
-
-
-def _kernel_name() -> str:
-    """A kernel running this interpreter; installs the venv's kernelspec if missing."""
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-    try:
-        spec = KernelSpecManager().get_kernel_spec("python3")
-        exe = spec.argv[0]
-        if exe in ("python", "python3") or Path(exe).resolve() == Path(sys.executable).resolve():
-            return "python3"
-    except NoSuchKernel:
-        pass
-    from ipykernel.kernelspec import install
-
-    install(prefix=sys.prefix, kernel_name="python3")
-    return "python3"
 
 
 def test_four_notebooks_exist():
@@ -46,7 +33,7 @@ def test_notebook_runs(path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
-        nb, kernel_name=_kernel_name(), timeout=TIMEOUT_S,
+        nb, kernel_name=kernel_name(), timeout=TIMEOUT_S,
         resources={"metadata": {"path": str(path.parent)}},
     )
     start = time.perf_counter()
