@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxlrp._cam_core import add_at_layer
 from jaxlrp._lrp import fast_forward
 from jaxlrp._tracing import as_adapter
 
@@ -64,15 +65,8 @@ def floor_fn(kind: str, model_of: Callable[[Any], Any], layer: str | None,
 
     def run_with_delta(adapter, params, x, delta):
         def fn(p, xx, d):
-            seen = []
-
-            def hook(path, module, out):
-                if path == layer:
-                    seen.append(out)
-                    return out + d
-                return out
-
-            return adapter.apply(p, xx, hook=hook), seen[0]
+            seen: list = []
+            return adapter.apply(p, xx, hook=add_at_layer(layer, d, seen)), seen[0]
 
         return fast_forward.call(fn, params, x, delta, pool=pool)
 

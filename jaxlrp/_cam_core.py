@@ -268,15 +268,8 @@ def activations_and_gradients(
     delta0 = jnp.zeros(shape.shape, shape.dtype)
 
     def run(p, xx, delta):
-        seen = []
-
-        def hook(path, module, out):
-            if path == layer:
-                seen.append(out)
-                return out + delta
-            return out
-
-        return adapter.apply(p, xx, hook=hook), seen[0]
+        seen: list = []
+        return adapter.apply(p, xx, hook=add_at_layer(layer, delta, seen)), seen[0]
 
     def score(delta):
         # max-pools with the lowering measured fastest (jaxlrp._lrp.fast_forward)
@@ -287,6 +280,24 @@ def activations_and_gradients(
     _, vjp, (acts, logits) = jax.vjp(score, delta0, has_aux=True)
     (grads,) = vjp(jnp.ones((), logits.dtype))
     return to_grid(acts, tokens), to_grid(grads, tokens), logits
+
+
+def add_at_layer(layer: str, delta: Any, seen: list | None = None) -> Any:
+    """An adapter hook adding ``delta`` to the output of the module at path ``layer``
+    (appending that output, before the addition, to ``seen`` when given).
+
+    Differentiating with respect to a zero ``delta`` gives the gradient at the layer's
+    output: the CAMs, the exact Grad-CAM++ and the hybrid's layer gradient use it.
+    """
+
+    def hook(path, module, out):
+        if path != layer:
+            return out
+        if seen is not None:
+            seen.append(out)
+        return out + delta
+
+    return hook
 
 
 def _capture(adapter: Adapter, params: Any, x: jax.Array, layer: str) -> jax.Array:

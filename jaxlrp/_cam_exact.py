@@ -16,6 +16,7 @@ from jaxlrp._cam_core import (
     _jittable,
     _model_shapes,
     _target_scores,
+    add_at_layer,
     postprocess,
     resolve_layer,
     weighted_sum,
@@ -75,10 +76,7 @@ def diagonal_derivatives(
     tc = jnp.clip(t, 0, logits.shape[-1] - 1)
 
     def scores(delta):  # (B, h, w, C) -> (B,)
-        def hook(path, module, out):
-            return out + delta if path == layer else out
-
-        return fn(adapter.apply(params, x, hook=hook), tc)
+        return fn(adapter.apply(params, x, hook=add_at_layer(layer, delta)), tc)
 
     zero = jnp.zeros(shape.shape, shape.dtype)
     d1 = jax.grad(lambda d: jnp.sum(scores(d)))(zero)

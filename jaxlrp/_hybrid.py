@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from jaxlrp import _cache
 from jaxlrp import _image as image
 from jaxlrp import cam as _cam
+from jaxlrp._cam_core import add_at_layer
 from jaxlrp._lrp import canonizers as C
 from jaxlrp._lrp import composites as K
 from jaxlrp._lrp.engine import (
@@ -196,11 +197,7 @@ def lrp_with_layer_gradient(
 
     def apply_with_delta(pd, xx):
         p, d = pd
-
-        def hook(path, module, out):
-            return out + d if path == layer else out
-
-        return adapter.apply(p, xx, hook=hook)
+        return adapter.apply(p, xx, hook=add_at_layer(layer, d))
 
     graph, leaves = trace(apply_with_delta, (params, delta0), x)
     delta_id = graph.in_ids[-2]
