@@ -72,18 +72,20 @@ REDUCTIONS = ("mean", "sum", "abs_mean", "max_abs")
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["cam", "denoised", "relevance_map", "product", "hybrid"],
+    data_fields=["cam", "denoised", "relevance_map", "product", "hybrid", "logits"],
     meta_fields=[],
 )
 @dataclasses.dataclass(frozen=True)
 class HybridParts:
-    """Every intermediate map of the hybrid, each (B, H, W)."""
+    """Every intermediate map of the hybrid, each (B, H, W); and the model's (B, K)
+    ``logits`` from the same forward pass (None from :func:`combine_parts`)."""
 
     cam: jax.Array
     denoised: jax.Array
     relevance_map: jax.Array
     product: jax.Array
     hybrid: jax.Array
+    logits: jax.Array | None = None
 
 
 # ----------------------------------------------------------------------------- steps
@@ -181,16 +183,8 @@ def lrp_with_layer_gradient(
       (input relevance (B,H,W,C), activations (B,h,w,c), gradients (B,h,w,c),
       logits (B,K), targets (B,)).
     """
-    seen = []
-
-    def probe(path, module, out):
-        if path == layer:
-            seen.append(out)
-        return out
-
-    shape = jax.eval_shape(lambda p, xx: adapter.apply(p, xx, hook=probe), params, x)
-    del shape
-    a_shape = seen[0].shape if seen else None
+    # the layer's output shape from the cached layer list (no extra trace of the model)
+    a_shape = next((info.shape for info in adapter.layers(x) if info.path == layer), None)
     if a_shape is None:
         raise ExplanationError(f"layer: no submodule {layer!r} is called by the model")
     delta0 = jnp.zeros(a_shape, x.dtype)
@@ -299,5 +293,5 @@ def _hybrid(adapter, comp, canon, opts, params, x, t):
                           sigma=sigma)
     ok = finite_rows(x) & valid_targets(t, logits.shape[-1])
     if return_parts:
-        return jax.tree.map(lambda m: poison(m, ok), parts)
+        return dataclasses.replace(jax.tree.map(lambda m: poison(m, ok), parts), logits=logits)
     return poison(parts.hybrid, ok)

@@ -18,7 +18,6 @@ import jax
 
 from jaxlrp._hybrid import hybrid
 from jaxlrp._image import max_abs_normalize
-from jaxlrp._tracing import as_adapter
 
 
 @functools.partial(
@@ -79,11 +78,9 @@ def explain_panels(
     parts = hybrid(model, x, target, cam=cam, layer=layer, threshold=threshold,
                    composite=composite, canonizers=canonizers, reduce=reduce, ksize=ksize,
                    sigma=sigma, return_parts=True)
-    adapter = as_adapter(model)
-    logits = adapter.apply(adapter.params, x)
     # parts.relevance_map is the reduced relevance over its positive max; dividing by the
     # max |.| gives the reduced relevance over its max |R|: the ``lrp`` explainer's map
-    return Panels(logits, parts.cam, max_abs_normalize(parts.relevance_map), parts.hybrid,
+    return Panels(parts.logits, parts.cam, max_abs_normalize(parts.relevance_map), parts.hybrid,
                   cam)
 
 

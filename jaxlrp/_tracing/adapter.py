@@ -217,7 +217,13 @@ class Adapter:
         return self.apply(self.params, x)
 
     def layers(self, x: jax.Array) -> list[LayerInfo]:
-        """Every submodule call in call-completion order, with its output shape."""
+        """Every submodule call in call-completion order, with its output shape.
+
+        Cached (:func:`cached_shapes`); :func:`apply_checked` fills the same entry."""
+        return list(cached_shapes("layers", self, x, lambda: self.trace_layers(x)[1]))
+
+    def trace_layers(self, x: jax.Array) -> tuple[jax.ShapeDtypeStruct, list[LayerInfo]]:
+        """One abstract trace: the logits' shape/dtype and every submodule call."""
         seen: list[LayerInfo] = []
 
         def record(path, module, out):
@@ -229,8 +235,8 @@ class Adapter:
             return out
 
         shape = jax.ShapeDtypeStruct(x.shape, x.dtype)
-        jax.eval_shape(lambda p, xx: self.apply(p, xx, hook=record), self.params, shape)
-        return seen
+        out = jax.eval_shape(lambda p, xx: self.apply(p, xx, hook=record), self.params, shape)
+        return out, seen
 
     def _has_params(self, path: str, module: Any) -> bool:
         raise NotImplementedError
@@ -378,7 +384,7 @@ def apply_checked(adapter: Adapter, x: jax.Array, name: str = "x") -> jax.ShapeD
 
 def _apply_checked(adapter: Adapter, x: jax.Array, name: str) -> jax.ShapeDtypeStruct:
     try:
-        out = jax.eval_shape(adapter.apply, adapter.params, jax.ShapeDtypeStruct(x.shape, x.dtype))
+        out, infos = adapter.trace_layers(x)  # one trace for the check and the layer list
     except ExplanationError as e:
         # raised by the model's own checks inside the trace: drop JAX's traceback note
         raise type(e)(str(e).split("\n-----")[0]) from None
@@ -392,6 +398,9 @@ def _apply_checked(adapter: Adapter, x: jax.Array, name: str) -> jax.ShapeDtypeS
         raise ExplanationError(
             f"model: expected outputs of shape (B, K) = ({x.shape[0]}, K), got {tuple(out.shape)}"
         )
+    key = shape_key(adapter, x)
+    if key is not None:
+        _cache.SHAPES.get(("layers", key), lambda: infos)
     return out
 
 

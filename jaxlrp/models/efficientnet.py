@@ -74,6 +74,7 @@ HEAD_CHANNELS = 1280
 WEIGHTS_FILE = "efficientnet_lite0.safetensors"
 CLASSES_FILE = "imagenet_classes.txt"
 _FORMAT = "jaxlrp-efficientnet-lite0-flat-v1"
+_LECUN = nnx.initializers.lecun_normal()  # flax's default kernel initialiser
 
 
 # ----------------------------------------------------------------------------- modules
@@ -94,6 +95,7 @@ class ConvBNAct(nnx.Module):
         *,
         groups: int = 1,
         act: bool = True,
+        kernel_init: Any = _LECUN,
         rngs: nnx.Rngs,
     ):
         self.conv = nnx.Conv(
@@ -104,6 +106,7 @@ class ConvBNAct(nnx.Module):
             padding="SAME",
             feature_group_count=groups,
             use_bias=False,
+            kernel_init=kernel_init,
             rngs=rngs,
         )
         self.bn = nnx.BatchNorm(
@@ -130,14 +133,18 @@ class MBConv(nnx.Module):
         kernel_size: int,
         stride: int,
         *,
+        kernel_init: Any = _LECUN,
         rngs: nnx.Rngs,
     ):
         mid = in_channels * expand_ratio
+        k = kernel_init
         self.expand = (
-            ConvBNAct(in_channels, mid, 1, rngs=rngs) if expand_ratio != 1 else None
+            ConvBNAct(in_channels, mid, 1, kernel_init=k, rngs=rngs) if expand_ratio != 1
+            else None
         )
-        self.depthwise = ConvBNAct(mid, mid, kernel_size, stride, groups=mid, rngs=rngs)
-        self.project = ConvBNAct(mid, out_channels, 1, act=False, rngs=rngs)
+        self.depthwise = ConvBNAct(mid, mid, kernel_size, stride, groups=mid, kernel_init=k,
+                                   rngs=rngs)
+        self.project = ConvBNAct(mid, out_channels, 1, act=False, kernel_init=k, rngs=rngs)
         self.residual = stride == 1 and in_channels == out_channels
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -152,26 +159,28 @@ class EfficientNetLite0(nnx.Module):
     Submodules: ``stem``, ``blocks/0`` ... ``blocks/15`` (each with ``expand``,
     ``depthwise``, ``project``), ``head`` (the last spatial layer, 7x7x1280 at 224 px)
     and ``classifier``. Any input side >= 32 works (TF "SAME" padding is computed per
-    input size); the pretrained weights expect 224.
+    input size); the pretrained weights expect 224. ``kernel_init`` initialises every
+    conv and the classifier kernel (default: flax's LeCun normal).
     """
 
-    def __init__(self, num_classes: int = 1000, *, rngs: nnx.Rngs):
+    def __init__(self, num_classes: int = 1000, *, rngs: nnx.Rngs, kernel_init: Any = _LECUN):
         if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
             raise ExplanationError(
                 f"num_classes: expected a positive int, got {num_classes!r}"
             )
         self.num_classes = int(num_classes)
-        self.stem = ConvBNAct(3, STEM_CHANNELS, 3, 2, rngs=rngs)
+        k = kernel_init
+        self.stem = ConvBNAct(3, STEM_CHANNELS, 3, 2, kernel_init=k, rngs=rngs)
         blocks = []
         for expand, kernel, stride, cin, cout, repeats in STAGES:
             for i in range(repeats):
                 blocks.append(
                     MBConv(cin if i == 0 else cout, cout, expand, kernel,
-                           stride if i == 0 else 1, rngs=rngs)
+                           stride if i == 0 else 1, kernel_init=k, rngs=rngs)
                 )
         self.blocks = nnx.List(blocks)
-        self.head = ConvBNAct(STAGES[-1][4], HEAD_CHANNELS, 1, rngs=rngs)
-        self.classifier = nnx.Linear(HEAD_CHANNELS, self.num_classes, rngs=rngs)
+        self.head = ConvBNAct(STAGES[-1][4], HEAD_CHANNELS, 1, kernel_init=k, rngs=rngs)
+        self.classifier = nnx.Linear(HEAD_CHANNELS, self.num_classes, kernel_init=k, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.stem(x)
@@ -215,7 +224,9 @@ def expected_shapes(num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
 @functools.lru_cache(maxsize=4)
 def _abstract(num_classes: int) -> tuple[Any, Any, tuple[tuple[str, tuple[int, ...]], ...]]:
     """(graphdef, abstract state, flat key shapes) of the model, traced once per num_classes."""
-    abstract = nnx.eval_shape(lambda: EfficientNetLite0(num_classes, rngs=nnx.Rngs(0)))
+    # zero kernels: only shapes are kept, and tracing no random initialiser halves the time
+    abstract = nnx.eval_shape(lambda: EfficientNetLite0(
+        num_classes, rngs=nnx.Rngs(0), kernel_init=nnx.initializers.zeros_init()))
     graphdef, state = nnx.split(abstract)
     flat = _flatten(state.to_pure_dict())
     return graphdef, state, tuple((k, tuple(v.shape)) for k, v in flat.items())
