@@ -127,11 +127,13 @@ def _default_token_layer(adapter: Adapter, x: jax.Array, infos: list[LayerInfo])
 
 def _token_influence(adapter: Adapter, x: jax.Array, blocks: list[LayerInfo]) -> list[bool]:
     """Whether the grid tokens of each block get a nonzero gradient of the summed logits
-    (one backward pass on a random input); all True when parameters are traced."""
+    (one backward pass on a random input). Which tokens reach the logits is a property of
+    the structure, so traced parameters (the model is an argument of ``jax.jit``) are
+    replaced by random ones of the same shapes (:func:`_probe_params`)."""
     params = adapter.params
-    if not all_concrete(params):
-        return [True] * len(blocks)
     with jax.ensure_compile_time_eval():
+        if not all_concrete(params):
+            params = _probe_params(params)
         rng = np.random.default_rng(0)
         xr = jnp.asarray(rng.uniform(0, 1, x.shape), x.dtype)
         deltas = {b.path: jnp.zeros(b.shape, x.dtype) for b in blocks}
@@ -150,6 +152,29 @@ def _token_influence(adapter: Adapter, x: jax.Array, blocks: list[LayerInfo]) ->
             out.append(bool(np.any(g != 0)))
     return out
 
+
+
+def _probe_params(params: Any) -> Any:
+    """Concrete stand-ins for (possibly traced) parameters, for structural probes.
+
+    Floating leaves become uniform values in [0.5, 1) scaled by 1/sqrt(fan-in) (positive,
+    so variances and scales stay valid and activations stay finite); integer and bool
+    leaves become zeros, PRNG keys fresh keys.
+    """
+    rng = np.random.default_rng(0)
+
+    def stand_in(leaf: Any) -> Any:
+        shape, dtype = tuple(jnp.shape(leaf)), jnp.result_type(leaf)
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            n = int(np.prod(shape))
+            return jax.random.split(jax.random.key(0), n).reshape(shape)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            return jnp.zeros(shape, dtype)
+        fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+        values = rng.uniform(0.5, 1.0, shape) / np.sqrt(max(fan_in, 1))
+        return jnp.asarray(values, dtype)
+
+    return jax.tree_util.tree_map(stand_in, params)
 
 
 # ----------------------------------------------------------------------------- layer + core

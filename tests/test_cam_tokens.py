@@ -204,7 +204,28 @@ def test_every_cam_runs_on_a_vit_under_jit():
     for name, j in zip(names, jitted, strict=True):
         assert j.shape == (2, SIZE, SIZE) and bool(jnp.isfinite(j).all()), name
         assert 0.0 <= float(j.min()) and float(j.max()) <= 1.0 + 1e-6, name
+        assert float(j.max()) > 0.99, name  # a normalised map, not the zero map
     np.testing.assert_allclose(cam.gradcam(m, x, T), jitted[0], atol=1e-5)
+
+
+def test_default_layer_under_jit_is_the_eager_one():
+    """With the model an argument of jax.jit (as the command line runs it) its
+    parameters are traced; the token-influence probe then uses stand-in parameters of
+    the same shapes and picks the same layer as an eager call, not the last block (whose
+    patch tokens never reach the class token: an all-zero CAM)."""
+    m, x = vit(), imgs()
+    jaxlrp.clear_caches()
+    seen = []
+
+    def run(mm, xx):
+        seen.append(cam.resolve_layer(as_adapter(mm), xx, None)[0])
+        return cam.gradcam(mm, xx, T)
+
+    jitted = jax.jit(run)(m, x)
+    assert seen == ["blocks/0"]
+    assert float(jitted.max()) == pytest.approx(1.0)
+    jaxlrp.clear_caches()
+    np.testing.assert_allclose(cam.gradcam(m, x, T), jitted, atol=1e-5)
 
 
 @pytest.mark.slow
