@@ -138,6 +138,7 @@ def test_default_composite_is_the_models_registry_entry(workdir: Path):
     assert entry("efficientnet-lite0").composite == "epsilon_plus_flat"
     assert entry("efficientnet_lite0") is SHIPPED["efficientnet-lite0"]
     assert entry("default").composite == "paper"
+    assert entry("convnext").composite == entry("vit").composite == "attn_lrp"
     assert load_model(str(workdir / "vgg.msgpack")).composite == CHECKPOINT_COMPOSITE
     args = cli.build_parser().parse_args(["explain", "a.png"])  # hybrid, compare on
     plan = cli.make_plan(args).with_default_composite("epsilon_plus_flat")
@@ -286,15 +287,19 @@ def test_demo_quick(tmp_path: Path):
     photos = sorted(p.name for p in (tmp_path / "demo" / "photos").glob("*.png"))
     assert photos == ["chelsea_compare.png", "coffee_compare.png"]
     assert (tmp_path / "demo" / "photos_grid.png").is_file()
-    from jaxlrp.models import convnext
+    from jaxlrp.models import convnext, vit
 
-    # the ConvNeXt part uses its registry composite (AttnLRP: LayerNorm, GELU)
+    # the ConvNeXt and ViT parts use their registry composite (AttnLRP: LayerNorm, GELU,
+    # attention)
     assert "ConvNeXt on embedded test images (LRP composite attn_lrp)" in r.stdout
-    for path, folder in ((DEFAULT_PATH, "embedded"), (convnext.PATH, "embedded_convnext")):
+    assert "ViT on embedded test images (LRP composite attn_lrp)" in r.stdout
+    parts = ((DEFAULT_PATH, "embedded"), (convnext.PATH, "embedded_convnext"),
+             (vit.PATH, "embedded_vit"))
+    for path, folder in parts:
         if path.is_file():
             assert len(list((tmp_path / "demo" / folder).glob("*_compare.png"))) == 4
             assert (tmp_path / "demo" / f"{folder}_grid.png").is_file()
-    if DEFAULT_PATH.is_file() and convnext.PATH.is_file():
+    if all(path.is_file() for path, _ in parts):
         assert r.returncode == 0, r.stderr
     else:  # a shipped model is missing: reported, the other parts still written
         assert r.returncode == 1 and "checkpoint" in r.stderr + r.stdout

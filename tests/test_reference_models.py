@@ -168,7 +168,7 @@ def test_missing_checkpoint_is_an_explanation_error(tmp_path):
         vit.vit_model(path)
 
 
-SHIPPED = ("convnext",)  # the ViT does not ship yet: it has not reached 90% (see README)
+SHIPPED = ("convnext", "vit")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -192,6 +192,24 @@ def test_shipped_weights_reach_90_percent(name):
     assert recorded["test_examples"] == len(test) == 2400
     assert acc_nnx == pytest.approx(recorded["test_accuracy_nnx"], abs=1e-9)
     assert acc_linen == pytest.approx(recorded["test_accuracy_linen"], abs=1e-9)
+
+
+def test_copy_conv_stem():
+    """The ViT recipe's stem initialisation copies the ConvNeXt stem, leaving it intact."""
+    from jaxlrp.models.reference import copy_conv_stem
+
+    src, dst = convnext.build_convnext(1), vit.build_vit(2)
+    before = np.asarray(src.stem_convs[0].kernel[...]).copy()
+    assert copy_conv_stem(dst, src) is dst
+    for d, s in zip(dst.stem_convs, src.stem_convs, strict=True):
+        np.testing.assert_array_equal(np.asarray(d.kernel[...]), np.asarray(s.kernel[...]))
+        np.testing.assert_array_equal(np.asarray(d.bias[...]), np.asarray(s.bias[...]))
+    dst.stem_convs[0].kernel[...] = dst.stem_convs[0].kernel[...] + 1.0
+    np.testing.assert_array_equal(np.asarray(src.stem_convs[0].kernel[...]), before)
+    with pytest.raises(ExplanationError, match="stem_channels"):
+        copy_conv_stem(vit.build_vit(0, stem_channels=(8, 16)), src)
+    with pytest.raises(ExplanationError, match="stem_channels"):
+        copy_conv_stem(vit.build_vit(0, stem_channels=()), convnext.build_convnext(0))
 
 
 def test_nnx_module_type():

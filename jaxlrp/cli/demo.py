@@ -19,17 +19,20 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "demo", help="explain bundled photos and embedded images; no download",
         description="Explain the four bundled photos with EfficientNet-Lite0 and eight "
-                    "embedded test images with the default VGG and with the reference "
-                    "ConvNeXt (Grad-CAM++ | LRP | hybrid), write one comparison figure per "
-                    "image (<out>/photos/, <out>/embedded/, <out>/embedded_convnext/) and "
-                    "one grid per model (<out>/photos_grid.png, <out>/embedded_grid.png, "
-                    "<out>/embedded_convnext_grid.png), and print the predicted labels. LRP "
-                    "uses each model's default composite, as 'jaxlrp explain' does: the "
-                    "paper's on the default model, epsilon_plus_flat on "
-                    "EfficientNet-Lite0 (whose inputs are signed, where z+ at the input "
-                    "layer is ill-suited) and AttnLRP on the ConvNeXt (LayerNorm, GELU; "
-                    "jaxlrp.models.registry). Everything is bundled; "
-                    "nothing is downloaded.",
+                    "embedded test images with the default VGG, the reference ConvNeXt "
+                    "and the reference ViT (Grad-CAM++ | LRP | hybrid), write one "
+                    "comparison figure per image (<out>/photos/, <out>/embedded/, "
+                    "<out>/embedded_convnext/, <out>/embedded_vit/) and one grid per model "
+                    "(<out>/photos_grid.png, <out>/embedded_grid.png, "
+                    "<out>/embedded_convnext_grid.png, <out>/embedded_vit_grid.png), and "
+                    "print the predicted labels. LRP uses each model's default composite, "
+                    "as 'jaxlrp explain' does: the paper's on the default model, "
+                    "epsilon_plus_flat on EfficientNet-Lite0 (whose inputs are signed, "
+                    "where z+ at the input layer is ill-suited) and AttnLRP on the ConvNeXt "
+                    "(LayerNorm, GELU) and the ViT (attention, softmax, LayerNorm, GELU; "
+                    "jaxlrp.models.registry). The ViT's CAM layer is its last block whose "
+                    "patch tokens reach the class token, mapped to the 8x8 token grid. "
+                    "Everything is bundled; nothing is downloaded.",
         formatter_class=_Formatter,
     )
     p.add_argument("--out", default="jaxlrp-demo", metavar="DIR", help="output folder")
@@ -100,7 +103,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     grids.append(written[-1])
 
     for name, label, folder in (("default", "Default VGG", "embedded"),
-                                ("convnext", "ConvNeXt", "embedded_convnext")):
+                                ("convnext", "ConvNeXt", "embedded_convnext"),
+                                ("vit", "ViT", "embedded_vit")):
         comp = entry(name).composite
         _say(f"{label} on embedded test images (LRP composite {comp}):")
         try:
@@ -117,7 +121,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                              f"{label}: Grad-CAM++ | LRP ({lm.composite}) | hybrid",
                              [data.class_names[int(y)] for y in data.labels], truth=True)
         grids.append(written[-1])
-    _say(f"Wrote per-image figures to {out}/{{photos,embedded,embedded_convnext}}; grids: "
+    _say(f"Wrote per-image figures to {out}/{{photos,embedded,embedded_convnext,embedded_vit}}; "
+         "grids: "
          + ", ".join(str(g) for g in grids)
          + f" ({time.perf_counter() - start:.0f} s)")
     return status

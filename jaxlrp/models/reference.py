@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import linen as nn
 from flax import nnx
 
@@ -65,6 +66,27 @@ def apply_conv_stem(convs: Any, n: int, x: jax.Array) -> jax.Array:
     for i in range(n):
         x = jax.nn.gelu(convs[i](x), approximate=False)
     return x
+
+
+def copy_conv_stem(dst: nnx.Module, src: nnx.Module) -> nnx.Module:
+    """Copy the trained ``stem_convs`` of ``src`` into ``dst`` (in place; returned).
+
+    Both models must have the same ``stem_channels`` and input channels; the copies are
+    fresh arrays, so training ``dst`` leaves ``src`` unchanged.
+    """
+    if tuple(dst.stem_channels) != tuple(src.stem_channels) or not dst.stem_channels:
+        raise ExplanationError(
+            f"src: expected a model with stem_channels={tuple(dst.stem_channels)}, got "
+            f"{tuple(src.stem_channels)}"
+        )
+    for d, s in zip(dst.stem_convs, src.stem_convs, strict=True):
+        if d.kernel.shape != s.kernel.shape:
+            raise ExplanationError(
+                f"src: stem kernel of shape {s.kernel.shape}, expected {d.kernel.shape}"
+            )
+        d.kernel.set_value(jnp.array(s.kernel.get_value()))
+        d.bias.set_value(jnp.array(s.bias.get_value()))
+    return dst
 
 
 def train_reference(

@@ -15,6 +15,8 @@ name                      default composite      why
 ``default``               ``paper``              inputs lie in [0, 1], as the paper assumes
 ``convnext``              ``attn_lrp``           LayerNorm and GELU: AttnLRP's rules
                                                  (Achtibat et al., ICML 2024)
+``vit``                   ``attn_lrp``           attention, softmax, LayerNorm and GELU:
+                                                 AttnLRP's rules, made for transformers
 ========================  =====================  ===============================================
 """
 
@@ -48,6 +50,12 @@ def _convnext() -> Any:
     return convnext_model()
 
 
+def _vit() -> Any:
+    from jaxlrp.models.vit import vit_model
+
+    return vit_model()
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
     """One shipped model: its name, loader, description and default LRP composite.
@@ -71,6 +79,9 @@ SHIPPED: dict[str, ModelEntry] = {
         "default", _default_vgg, "VGG on the embedded shapes, 64x64", "paper"),
     "convnext": ModelEntry(
         "convnext", _convnext, "ConvNeXt-style CNN on the embedded shapes, 64x64", "attn_lrp"),
+    "vit": ModelEntry(
+        "vit", _vit, "Vision Transformer (conv stem, class token) on the embedded shapes, "
+        "64x64", "attn_lrp"),
 }
 """Shipped models by ``--model`` name (in the order the command line lists them)."""
 
