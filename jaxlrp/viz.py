@@ -344,7 +344,9 @@ def save(fig: Figure, path: str | os.PathLike, *, close: bool = True) -> Path:
     if not fmt:
         raise ExplanationError(f"path: expected a file name with a suffix such as .png, got {path}")
     try:
-        atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=DPI))
+        # zlib level 1 for PNG: ~0.06 s less per figure than the default 6, files ~20% larger
+        extra = {"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}
+        atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=DPI, **extra))
     finally:
         if close:
             fig.clf()
