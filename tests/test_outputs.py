@@ -144,6 +144,40 @@ def test_structured_outputs_select_the_logits(final, output):
     assert as_adapter(m).layers(x)[-1].path == "head"  # paths of the wrapped model
 
 
+class Ident(nnx.Module):
+    def __call__(self, x):
+        return x
+
+
+class PostNet(Net):
+    """Net ending in softmax, then one more submodule call on the probabilities."""
+
+    def __init__(self):
+        super().__init__("softmax")
+        self.post = Ident()
+
+    def __call__(self, x):
+        return self.post(super().__call__(x))
+
+
+def test_one_trace_gives_plan_logits_and_layers():
+    """The output plan, the logits' shape and the layer list come from one trace: with
+    the softmax stripped the calls end at the captured layer, with softmax='keep' they
+    go on to the last submodule."""
+    from jaxlrp._tracing.adapter import apply_checked
+
+    jaxlrp.clear_caches()
+    m, x = PostNet(), imgs()
+    strip, keep = as_adapter(m), as_adapter(jaxlrp.model(m, softmax="keep"))
+    assert apply_checked(strip, x).shape == apply_checked(keep, x).shape == (2, K)
+    assert [i.path for i in strip.layers(x)] == ["c1", "c2", "head"]
+    assert [i.path for i in keep.layers(x)] == ["c1", "c2", "head", "post"]
+    np.testing.assert_allclose(strip.forward(x), reference()[0], rtol=1e-6)
+    np.testing.assert_allclose(keep.forward(x), jax.nn.softmax(reference()[0]), rtol=1e-6)
+    jaxlrp.clear_caches()  # the same answers when layers() comes first
+    assert [i.path for i in as_adapter(m).layers(x)] == ["c1", "c2", "head"]
+
+
 def test_structured_output_explained_like_logits():
     m, x = jaxlrp.model(net("tuple"), output=1), imgs()
     _, cam_ref, lrp_ref = reference()

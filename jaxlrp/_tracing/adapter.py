@@ -189,19 +189,29 @@ class Adapter:
     def _plan(self, params: Any, x: jax.Array) -> _Plan:
         if self.softmax == "keep":
             return _Plan()
-        return cached_shapes("output-plan", self, x, lambda: self._make_plan(params, x))
+        return cached_shapes("output-plan", self, x, lambda: self._trace_all(params, x)[0])
 
-    def _make_plan(self, params: Any, x: jax.Array) -> _Plan:
-        hooks: list[tuple[str, int]] = []
+    def _trace_all(
+        self, params: Any, x: jax.Array
+    ) -> tuple[_Plan, jax.ShapeDtypeStruct, list[LayerInfo]]:
+        """One trace of the raw model: the output plan (a trailing softmax to strip),
+        the logits' shape/dtype under that plan, and the submodule calls :meth:`apply`
+        makes under it (up to the captured one when the plan stops early)."""
+        calls: list[tuple[str, int, LayerInfo | None]] = []
         outs: list[Any] = []
 
         def record(path, module, out):
-            hooks.append((path, sum(1 for p, _ in hooks if p == path)))
+            n = sum(1 for p, _, _ in calls if p == path)
+            info = None
+            if path and _is_array(out):
+                info = LayerInfo(path, tuple(out.shape), self._has_params(path, module),
+                                 type(module).__name__)
+            calls.append((path, n, info))
             outs.append(out if _is_array(out) else None)
             return out
 
         def f(p, xx):
-            hooks.clear()
+            calls.clear()
             outs.clear()
             sel = select_output(self._raw_apply(p, xx, record), self.output)
             return [sel] + [o for o in outs if o is not None]
@@ -209,8 +219,17 @@ class Adapter:
         abstract = jax.tree_util.tree_map(
             lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), params)
         closed = jax.make_jaxpr(f)(abstract, jax.ShapeDtypeStruct(x.shape, x.dtype))
-        arrays = [h for h, o in zip(hooks, outs, strict=True) if o is not None]
-        return _find_softmax(closed, arrays)
+        arrays = [(p, n) for (p, n, _), o in zip(calls, outs, strict=True) if o is not None]
+        plan = _find_softmax(closed, arrays) if self.softmax != "keep" else _Plan()
+        avals = closed.out_avals
+        if plan.capture is None:
+            seen = calls
+            logits = jax.ShapeDtypeStruct(avals[0].shape, avals[0].dtype)
+        else:
+            seen = calls[: [(p, n) for p, n, _ in calls].index(plan.capture) + 1]
+            h = avals[1 + arrays.index(plan.capture)]
+            logits = jax.eval_shape(plan.logits, jax.ShapeDtypeStruct(h.shape, h.dtype))
+        return plan, logits, [info for _, _, info in seen if info is not None]
 
     def forward(self, x: jax.Array) -> jax.Array:
         """Logits (B, K) for images (B, H, W, C) with the adapter's own params."""
@@ -223,20 +242,13 @@ class Adapter:
         return list(cached_shapes("layers", self, x, lambda: self.trace_layers(x)[1]))
 
     def trace_layers(self, x: jax.Array) -> tuple[jax.ShapeDtypeStruct, list[LayerInfo]]:
-        """One abstract trace: the logits' shape/dtype and every submodule call."""
-        seen: list[LayerInfo] = []
-
-        def record(path, module, out):
-            if path and _is_array(out):
-                seen.append(
-                    LayerInfo(path, tuple(out.shape), self._has_params(path, module),
-                              type(module).__name__)
-                )
-            return out
-
-        shape = jax.ShapeDtypeStruct(x.shape, x.dtype)
-        out = jax.eval_shape(lambda p, xx: self.apply(p, xx, hook=record), self.params, shape)
-        return out, seen
+        """One abstract trace: the logits' shape/dtype and every submodule call (the
+        output plan from the same trace is cached for :meth:`apply`)."""
+        plan, logits, infos = self._trace_all(self.params, x)
+        key = shape_key(self, x)
+        if key is not None and self.softmax != "keep":
+            _cache.SHAPES.get(("output-plan", key), lambda: plan)
+        return logits, infos
 
     def _has_params(self, path: str, module: Any) -> bool:
         raise NotImplementedError
