@@ -93,6 +93,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     grids = []
 
     comp = entry("efficientnet-lite0").composite
+    t0 = time.perf_counter()
     _say(f"EfficientNet-Lite0 (ImageNet) on the bundled photos (LRP composite {comp}):")
     items = photos.load(["chelsea", "coffee"] if args.quick else None)
     lm = load_model("efficientnet-lite0")
@@ -101,11 +102,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
                          f"EfficientNet-Lite0: Grad-CAM++ | LRP ({lm.composite}) | hybrid",
                          [p.label_name for p in items], truth=False)
     grids.append(written[-1])
+    _say(f"  part time: {time.perf_counter() - t0:.2f} s")
 
     for name, label, folder in (("default", "Default VGG", "embedded"),
                                 ("convnext", "ConvNeXt", "embedded_convnext"),
                                 ("vit", "ViT", "embedded_vit")):
         comp = entry(name).composite
+        t0 = time.perf_counter()
         _say(f"{label} on embedded test images (LRP composite {comp}):")
         try:
             lm = load_model(name)
@@ -121,6 +124,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                              f"{label}: Grad-CAM++ | LRP ({lm.composite}) | hybrid",
                              [data.class_names[int(y)] for y in data.labels], truth=True)
         grids.append(written[-1])
+        _say(f"  part time: {time.perf_counter() - t0:.2f} s")
     _say(f"Wrote per-image figures to {out}/{{photos,embedded,embedded_convnext,embedded_vit}}; "
          "grids: "
          + ", ".join(str(g) for g in grids)
