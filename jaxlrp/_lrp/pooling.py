@@ -82,8 +82,14 @@ def window_max(
 LOWERINGS = ("xla", "select")
 
 #: Forward passes on XLA:CPU whose pool input has at least this many elements per
-#: example use the select chain; smaller ones keep ``reduce_window_max``.
-CPU_SELECT_FORWARD_MIN_ELEMENTS = 150_528  # 224 * 224 * 3: a (224, 224, C>=3) image
+#: example use the select chain; smaller ones keep ``reduce_window_max``. 14 * 14 * 512,
+#: VGG16's last pool: with ``reduce_window_max`` there (the earlier threshold,
+#: 224 * 224 * 3, kept it) the whole VGG16 forward took 2.24 s instead of 1.07 s at batch 8,
+#: although that pool alone takes under a millisecond (whole-network measurements of
+#: ``benchmarks/bench_hybrid.py``'s floor table, ``results/bench_hybrid_vgg16_previous_rule.md``
+#: and, with this threshold, ``results/bench_hybrid_vgg16.md``); the shapes VGG's pools (at
+#: most 64 * 64 * 16 per example) keep XLA's, faster there.
+CPU_SELECT_FORWARD_MIN_ELEMENTS = 100_352
 
 
 def lowering(
@@ -101,11 +107,12 @@ def lowering(
     the faster lowering and whether this function agrees). Measured on XLA:CPU
     (2 cores, quiet machine, issue #17): the derivative of the select chain is 4.8x
     faster than ``select_and_scatter_add`` on a (256, 64, 64, 16) ReLU activation;
-    forward, a whole VGG16 at (8, 224, 224, 3) ran in 1.80 s with the select chain
-    and 2.85 s with ``reduce_window_max``, while the small 64x64 model at batch 256
-    ran in 0.205 s and 0.153 s: large per-example inputs favour the select chain
-    forward, small ones XLA's. Other backends (GPU, TPU) keep XLA's lowering for
-    both until ``bench_pooling.py`` has been run there.
+    forward, a whole VGG16 at (8, 224, 224, 3) ran in 1.07 s with the select chain
+    and 2.35 s with ``reduce_window_max``, while the small 64x64 model at batch 256
+    ran in 0.100 s and 0.070 s: large per-example inputs favour the select chain
+    forward, small ones XLA's (see :data:`CPU_SELECT_FORWARD_MIN_ELEMENTS`). Other
+    backends (GPU, TPU) keep XLA's lowering for both until ``bench_pooling.py`` has been
+    run there.
 
     Args:
       backend: ``jax.default_backend()`` (``"cpu"``, ``"gpu"``, ``"tpu"``).
