@@ -199,9 +199,11 @@ class Adapter:
         makes under it (up to the captured one when the plan stops early)."""
         calls: list[tuple[str, int, LayerInfo | None]] = []
         outs: list[Any] = []
+        counts: dict[str, int] = {}
 
         def record(path, module, out):
-            n = sum(1 for p, _, _ in calls if p == path)
+            n = counts.get(path, 0)
+            counts[path] = n + 1
             info = None
             if path and _is_array(out):
                 info = LayerInfo(path, tuple(out.shape), self._has_params(path, module),
@@ -213,6 +215,7 @@ class Adapter:
         def f(p, xx):
             calls.clear()
             outs.clear()
+            counts.clear()
             sel = select_output(self._raw_apply(p, xx, record), self.output)
             return [sel] + [o for o in outs if o is not None]
 
@@ -238,16 +241,19 @@ class Adapter:
     def layers(self, x: jax.Array) -> list[LayerInfo]:
         """Every submodule call in call-completion order, with its output shape.
 
-        Cached (:func:`cached_shapes`); :func:`apply_checked` fills the same entry."""
+        Cached (:func:`cached_shapes`); every :meth:`trace_layers` fills the entry."""
         return list(cached_shapes("layers", self, x, lambda: self.trace_layers(x)[1]))
 
     def trace_layers(self, x: jax.Array) -> tuple[jax.ShapeDtypeStruct, list[LayerInfo]]:
-        """One abstract trace: the logits' shape/dtype and every submodule call (the
-        output plan from the same trace is cached for :meth:`apply`)."""
+        """One abstract trace: the logits' shape/dtype and every submodule call. The
+        output plan and the layer list from it are cached for :meth:`apply` and
+        :meth:`layers`."""
         plan, logits, infos = self._trace_all(self.params, x)
         key = shape_key(self, x)
-        if key is not None and self.softmax != "keep":
-            _cache.SHAPES.get(("output-plan", key), lambda: plan)
+        if key is not None:
+            if self.softmax != "keep":
+                _cache.SHAPES.get(("output-plan", key), lambda: plan)
+            _cache.SHAPES.get(("layers", key), lambda: infos)
         return logits, infos
 
     def _has_params(self, path: str, module: Any) -> bool:
@@ -396,7 +402,7 @@ def apply_checked(adapter: Adapter, x: jax.Array, name: str = "x") -> jax.ShapeD
 
 def _apply_checked(adapter: Adapter, x: jax.Array, name: str) -> jax.ShapeDtypeStruct:
     try:
-        out, infos = adapter.trace_layers(x)  # one trace for the check and the layer list
+        out, _ = adapter.trace_layers(x)  # the same trace caches the layer list
     except ExplanationError as e:
         # raised by the model's own checks inside the trace: drop JAX's traceback note
         raise type(e)(str(e).split("\n-----")[0]) from None
@@ -410,9 +416,6 @@ def _apply_checked(adapter: Adapter, x: jax.Array, name: str) -> jax.ShapeDtypeS
         raise ExplanationError(
             f"model: expected outputs of shape (B, K) = ({x.shape[0]}, K), got {tuple(out.shape)}"
         )
-    key = shape_key(adapter, x)
-    if key is not None:
-        _cache.SHAPES.get(("layers", key), lambda: infos)
     return out
 
 
