@@ -29,6 +29,7 @@ from jaxlrp import _cache
 from jaxlrp._lrp import attention_rules as A
 from jaxlrp._lrp import canonizers as C
 from jaxlrp._lrp import composites as K
+from jaxlrp._lrp import conv_transpose as CT
 from jaxlrp._lrp import memory as M
 from jaxlrp._lrp import rules as R
 from jaxlrp._lrp.graph import Graph, Lit, Node, evaluate, feature_axis, trace
@@ -156,7 +157,18 @@ def _linear_layer(node: Node, env: dict, graph: Graph) -> R.LinearLayer:
         shape = [1] * jnp.ndim(weight)
         shape[w_axis] = vec.shape[0]
         weight = weight * vec.reshape(shape).astype(weight.dtype)
-    return R.LinearLayer(node.kind, node.path, core_fn, weight, bias)
+    return R.LinearLayer(node.kind, node.path, core_fn, weight, bias, _transpose_core(core, x_pos))
+
+
+def _transpose_core(core, x_pos: int):
+    """The explicit transposed convolution (:mod:`conv_transpose`), else None (``jax.vjp``)."""
+    if core.name != "conv_general_dilated" or x_pos != 0 or not CT.supported(core.params):
+        return None
+
+    def transpose(w, g, like):
+        return CT.transpose_lhs(g, w, like.shape, core.params).astype(like.dtype)
+
+    return transpose
 
 
 def _scales(e, graph: Graph) -> bool:

@@ -55,6 +55,9 @@ class LinearLayer:
       core: ``core(x, w) -> z``, linear in ``x`` and in ``w``.
       weight: the (folded) weight, in the layout ``core`` expects.
       bias: the (folded) bias, broadcastable to ``z``.
+      transpose_core: optional ``(weight, g, like) -> core(., weight)^T g``, when the
+        layer knows a faster form than ``jax.vjp`` of ``core`` (convolutions:
+        :mod:`jaxlrp._lrp.conv_transpose`).
     """
 
     kind: str
@@ -62,6 +65,7 @@ class LinearLayer:
     core: Callable[[Array, Array], Array]
     weight: Array
     bias: Array
+    transpose_core: Callable[[Array, Array, Array], Array] | None = None
 
     def __call__(self, x: Array, weight: Array | None = None, bias: Array | None = None) -> Array:
         w = self.weight if weight is None else weight
@@ -70,6 +74,8 @@ class LinearLayer:
 
     def transpose(self, weight: Array, g: Array, like: Array) -> Array:
         """``core(., weight)^T g``: the gradient of ``<core(x, weight), g>`` w.r.t. x."""
+        if self.transpose_core is not None:
+            return self.transpose_core(weight, g, like)
         _, vjp = jax.vjp(lambda x: self.core(x, weight), like)
         return vjp(g)[0]
 
