@@ -350,3 +350,23 @@ def test_default_suite(setup):
         suite[1].fn(model, x, y, a, key=jax.random.key(0))
     with pytest.raises(ExplanationError, match="subset_size"):
         suite[0].fn(model, x, y, a, key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("n,k", [(64, 8), (12288, 224), (20, 7)], ids=["sparse", "fc", "dense"])
+def test_random_subsets_are_distinct_and_uniform(n, k):
+    """Distinct values in range; each value (and each value in first place) equally likely:
+    chi-square over many rows, p > 1e-3 (fixed key, so deterministic)."""
+    from scipy import stats
+
+    from jaxlrp.metrics._common import random_subsets
+
+    rows = 20000 if n < 1000 else 400
+    idx = np.asarray(random_subsets(jax.random.key(3), (rows // 4, 4), n, k)).reshape(rows, k)
+    assert idx.dtype == np.int32 and idx.min() >= 0 and idx.max() < n
+    assert all(len(set(r)) == k for r in idx)
+    counts = np.bincount(idx.ravel(), minlength=n)
+    assert stats.chisquare(counts).pvalue > 1e-3
+    if n < 1000:
+        assert stats.chisquare(np.bincount(idx[:, 0], minlength=n)).pvalue > 1e-3
+    again = np.asarray(random_subsets(jax.random.key(3), (rows // 4, 4), n, k)).reshape(rows, k)
+    np.testing.assert_array_equal(idx, again)

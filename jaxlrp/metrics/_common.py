@@ -19,6 +19,7 @@ Conventions (mirroring Quantus 0.6.0 unless a docstring says otherwise):
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -226,6 +227,40 @@ def baseline_values(x: jax.Array, baseline: Any) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------- similarity
+
+
+@functools.partial(jax.jit, static_argnames=("lead", "n", "k"))
+def random_subsets(key: jax.Array, lead: tuple[int, ...], n: int, k: int) -> jax.Array:
+    """Uniformly random k-subsets of range(n) without replacement -> (*lead, k) int32.
+
+    Independent per leading index, each subset in random order. When ``n >= 8 k``
+    the subset is the first k distinct values of m = 2k + 32 uniform draws: m random
+    numbers per subset instead of n, and two one-operand sorts of m packed keys
+    (XLA:CPU's sorts with a second operand, as ``argsort``, are several times
+    slower). The first k distinct values of i.i.d. uniform draws are a uniformly
+    random subset, since nothing in the draws favours one value over another. In the
+    rare case that a row's draws hold fewer than k distinct values, every row is
+    drawn again as the top k of n uniform keys (the method used when ``n < 8 k``).
+    """
+    k_dense, k_sparse = jax.random.split(key)
+
+    def dense():
+        return jax.lax.top_k(jax.random.uniform(k_dense, lead + (n,)), k)[1].astype(jnp.int32)
+
+    m = 2 * k + 32
+    if n < 8 * k or n * m >= 2**31:
+        return dense()
+    pos = jnp.arange(m, dtype=jnp.int32)
+    cand = jax.random.randint(k_sparse, lead + (m,), 0, n, jnp.int32)
+    srt = jnp.sort(cand * m + pos, axis=-1)  # by value, then by draw position
+    value, first_pos = srt // m, srt % m
+    repeat = jnp.concatenate([jnp.zeros(lead + (1,), bool), value[..., 1:] == value[..., :-1]],
+                             axis=-1)
+    # each distinct value at the position of its first draw; repeats sort last
+    order = jnp.sort(jnp.where(repeat, m, first_pos), axis=-1)[..., :k]
+    picked = jnp.take_along_axis(cand, jnp.minimum(order, m - 1), axis=-1)
+    enough = jnp.all(order[..., -1] < m)
+    return jax.lax.cond(enough, lambda: picked, dense)
 
 
 def _safe_div(num: jax.Array, den: jax.Array, fill: float = 0.0) -> jax.Array:

@@ -49,6 +49,7 @@ from jaxlrp.metrics._common import (
     pearson,
     prepare_maps,
     preprocess,
+    random_subsets,
     score_of,
     spearman,
 )
@@ -95,7 +96,7 @@ def faithfulness_correlation(
     model: Any, x: Any, y: Any, a: Any, key: Any = None, *, nr_runs: int = 10,
     subset_size: int = 224, perturb_baseline: Any = "black", similarity: str = "pearson",
     normalise: bool = True, abs: bool = False, softmax: bool = False,  # noqa: A002
-    indices: Any = None, chunk_size: int | None = None,
+    indices: Any = None, chunk_size: int | None = 1,
 ) -> jax.Array:
     """Faithfulness correlation (Bhatt et al. 2020; Quantus ``FaithfulnessCorrelation``) -> (B,).
 
@@ -111,7 +112,8 @@ def faithfulness_correlation(
       indices: optional (B, nr_runs, subset_size) flat NHWC feature indices to use
         instead of random draws (to reproduce another implementation's subsets).
       chunk_size: number of runs whose B perturbed images go through the model in one
-        call (None: all runs at once).
+        call (default 1: one batch of B per call, the fastest on CPU: VGG16 at batch 8,
+        10.97 s against 13.33 s for all runs at once; None: all runs at once).
     """
     x, fwd, params, y, a4 = _setup(model, x, y, a, normalise, abs)
     b, h, w, c = x.shape
@@ -123,8 +125,7 @@ def faithfulness_correlation(
         nr_runs = check_int(nr_runs, "nr_runs")
         subset_size = check_int(subset_size, "subset_size", 1, h * w - 1)
         key = check_key(key)
-        u = jax.random.uniform(key, (b, nr_runs, n))
-        idx = jax.lax.top_k(u, subset_size)[1]
+        idx = random_subsets(key, (b, nr_runs), n, subset_size)
     else:
         idx = _check_indices(indices, b, n)
     af = flat(jnp.broadcast_to(a4, x.shape))

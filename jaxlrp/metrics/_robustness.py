@@ -6,6 +6,11 @@ All ``nr_samples`` noisy copies of the batch are explained in batched calls
 (``chunk_size`` samples per call through ``jax.lax.map``), never one example at
 a time. Returns scores (B,); lower is more robust.
 
+The default ``chunk_size=1`` explains one noisy copy of the batch per call, at the
+batch size the caller chose. One call over all copies (``chunk_size=None``) is
+slower per image on CPU: VGG16 at batch 8 with 10 samples, AvgSensitivity takes
+58.6 s in one call of 80 images and 32.0 s in ten calls of 8 (2 cores, 2026-12-01).
+
 Quantus 0.6.0 conventions kept: uniform noise U(-lower_bound, lower_bound) on
 every channel value (or U(lower_bound, upper_bound) when ``upper_bound`` is
 given), Gaussian N(0, perturb_std) for the Lipschitz estimate; the explanation
@@ -162,7 +167,7 @@ def avg_sensitivity(
     nr_samples: int = 10, lower_bound: float = 0.2, upper_bound: float | None = None,
     norm: str = "fro", perturb: str = "uniform", perturb_std: float = 0.1,
     normalise: bool = False, abs: bool = False, noise: Any = None,  # noqa: A002
-    chunk_size: int | None = None, return_nan_when_prediction_changes: bool = False,
+    chunk_size: int | None = 1, return_nan_when_prediction_changes: bool = False,
 ) -> jax.Array:
     """Average sensitivity (Yeh et al. 2019; Quantus ``AvgSensitivity``) -> (B,).
 
@@ -175,7 +180,9 @@ def avg_sensitivity(
       explain: ``explain(model, x, target) -> maps``; ``a`` must have its output shape.
       key: jax.random key for the noise (unused when ``noise`` is given).
       noise: optional (nr_samples, B, H, W, C) additive noise, instead of drawing it.
-      chunk_size: noisy samples explained per call (each B images); None: all at once.
+      chunk_size: noisy samples explained per call (each B images; default 1: one noisy
+        copy of the batch per call, the fastest on CPU, see the module docstring); None:
+        all at once.
       return_nan_when_prediction_changes: score NaN for an example when any noisy sample
         changes its predicted class (Quantus's semantics).
     """
@@ -193,7 +200,7 @@ def max_sensitivity(
     nr_samples: int = 10, lower_bound: float = 0.2, upper_bound: float | None = None,
     norm: str = "fro", perturb: str = "uniform", perturb_std: float = 0.1,
     normalise: bool = False, abs: bool = False, noise: Any = None,  # noqa: A002
-    chunk_size: int | None = None, return_nan_when_prediction_changes: bool = False,
+    chunk_size: int | None = 1, return_nan_when_prediction_changes: bool = False,
 ) -> jax.Array:
     """Maximum sensitivity (Yeh et al. 2019; Quantus ``MaxSensitivity``) -> (B,).
 
@@ -211,7 +218,7 @@ def max_sensitivity(
 def local_lipschitz_estimate(
     model: Any, x: Any, y: Any, a: Any, explain: Explainer, key: Any = None, *,
     nr_samples: int = 10, perturb_std: float = 0.1, normalise: bool = True,
-    abs: bool = False, noise: Any = None, chunk_size: int | None = None,  # noqa: A002
+    abs: bool = False, noise: Any = None, chunk_size: int | None = 1,  # noqa: A002
     return_nan_when_prediction_changes: bool = False,
 ) -> jax.Array:
     """Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018; Quantus ``LocalLipschitzEstimate``).
