@@ -119,3 +119,21 @@ def _acts_shape(adapter: Any, params: Any, x: jax.Array, layer: str | None) -> j
     if not seen:
         raise ValueError(f"layer: no submodule {layer!r} is called by the model")
     return seen[0]
+
+
+def time_floor(model: Any, x: Any, kind: str = "hybrid", reps: int = 3) -> dict:
+    """``_common.timeit`` of ``kind``'s floor, jitted, for an NNX ``model`` on the batch ``x``.
+
+    Targets are the model's argmax; the CAM layer is the library's default one.
+    """
+    import _common as U
+    from flax import nnx
+
+    from jaxlrp.cam import resolve_layer
+
+    graphdef, state = nnx.split(model)
+    xj = jnp.asarray(x)
+    t = jnp.argmax(as_adapter(model).forward(xj), -1)
+    layer = resolve_layer(as_adapter(model), xj, None)[0] if kind in ("cam", "hybrid") else None
+    fn = jax.jit(floor_fn(kind, lambda s: nnx.merge(graphdef, s), layer))
+    return U.timeit(lambda: fn(state, xj, t), reps=reps)

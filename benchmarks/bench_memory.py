@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as U  # noqa: E402
+import _floor as F  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
@@ -90,7 +91,20 @@ def plan(model, shape, batch: int, chunk: int | None, timed: bool, reps: int) ->
     if timed:
         t = U.timeit(lambda: compiled(state, x), reps=reps)
         row["median_s"], row["images_per_s"] = t["median"], batch / t["median"]
+        row["first_s"] = row["compile_s"] + t["first"]
     return row
+
+
+def add_floor(row: dict, model, shape, reps: int, floors: dict) -> None:
+    """floor(hybrid) at the row's batch (``_floor.py``; cached per batch in ``floors``) and
+    the row's time over it, plain and with compile time (first calls)."""
+    b = row["batch"]
+    if b not in floors:
+        x = np.random.default_rng(b).random((b, *shape), dtype=np.float32)
+        floors[b] = F.time_floor(model, x, "hybrid", reps)
+    fl = floors[b]
+    row["floor_s"], row["over_floor"] = fl["median"], row["median_s"] / fl["median"]
+    row["over_floor_incl_compile"] = row["first_s"] / fl["first"]
 
 
 def peak_in_subprocess(workload: str, batch: int, chunk: int | None) -> int | None:
@@ -140,15 +154,19 @@ def main(argv=None) -> None:
         if built is None:
             continue
         model, shape = built
+        floors: dict = {}
         for b in batches:
             for c in (None, chunk):
                 if c is not None and c >= b:
                     continue
                 r = {"workload": w, **plan(model, shape, b, c, args.time, reps)}
+                if args.time:
+                    add_floor(r, model, shape, reps, floors)
                 if args.measure_peak:
                     r["device_peak_bytes"] = peak_in_subprocess(w, b, c)
                 rows.append(r)
-                extra = (f", {r['images_per_s']:.1f} img/s" if "images_per_s" in r else "")
+                extra = (f", {r['images_per_s']:.1f} img/s, {r['over_floor']:.2f}x its floor"
+                         if "images_per_s" in r else "")
                 print(f"  {w:6s} batch {b:4d} chunk {str(c):4s}: XLA temp "
                       f"{r.get('temp_mib', float('nan')):9.1f} MiB, total "
                       f"{r.get('total_mib', float('nan')):9.1f} MiB{extra}", flush=True)
@@ -173,8 +191,8 @@ def main(argv=None) -> None:
     head = ["workload", "batch", "chunk", "XLA temp MiB", "XLA total MiB", "compile s"]
     cols = ["workload", "batch", "chunk", "temp_mib", "total_mib", "compile_s"]
     if args.time:
-        head += ["median s", "images/s"]
-        cols += ["median_s", "images_per_s"]
+        head += ["median s", "images/s", "floor s", "/ floor", "/ floor incl. compile"]
+        cols += ["median_s", "images_per_s", "floor_s", "over_floor", "over_floor_incl_compile"]
     if args.measure_peak:
         head += ["device peak MiB"]
     table = []
@@ -189,7 +207,10 @@ def main(argv=None) -> None:
           U.table(table, head), "",
           "XLA temp = the compiled function's temporary buffers (activations kept for the "
           "relevance pass, workspaces); total adds parameters, images and maps. Chunked rows "
-          f"run the hybrid {chunk} examples at a time (`jax.lax.map`) inside one function.", "",
+          f"run the hybrid {chunk} examples at a time (`jax.lax.map`) inside one function."
+          + (" floor = floor(hybrid) of `_floor.py` at the row's batch, unchunked; incl. "
+             "compile = the row's compile + first call over the floor's first call."
+             if args.time else ""), "",
           *[f"- {k}: {v:.3g}" for k, v in sorted(ratios.items())]]
     U.write_results(args.name, figures, "\n".join(md))
     print(f"\nload average start {info['loadavg']} end {info['loadavg_end']}")

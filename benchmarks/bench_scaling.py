@@ -91,6 +91,7 @@ print("RESULT " + json.dumps({"n": n, "base_rss": base, "peak_rss": peak,
 
 
 def throughput(batches: list[int], reps: int, workload: str = "small") -> list[dict]:
+    import _floor as F
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -108,11 +109,16 @@ def throughput(batches: list[int], reps: int, workload: str = "small") -> list[d
     for b in batches:
         x = jnp.asarray(np.random.default_rng(b).random((b, size, size, 3), dtype=np.float32))
         t = U.timeit(lambda x=x: fn(state, x), reps=reps if b < 512 else max(2, reps - 2))
+        fl = F.time_floor(model, x, "hybrid", reps=reps if b < 512 else max(2, reps - 2))
         rows.append({"batch": b, "median_s": t["median"], "compile_s": t["compile"],
                      "first_s": t["first"], "images_per_s": b / t["median"],
-                     "images_per_s_incl_compile": b / t["first"], "runs": t["runs"]})
+                     "images_per_s_incl_compile": b / t["first"], "runs": t["runs"],
+                     "floor_s": fl["median"], "floor_first_s": fl["first"],
+                     "over_floor": t["median"] / fl["median"],
+                     "over_floor_incl_compile": t["first"] / fl["first"]})
         print(f"  batch {b:5d}: {b / t['median']:8.1f} img/s (median {t['median']:.4f} s, "
-              f"compile {t['compile']:.1f} s)", flush=True)
+              f"compile {t['compile']:.1f} s; {t['median'] / fl['median']:.2f}x its floor)",
+              flush=True)
     return rows
 
 
@@ -182,14 +188,21 @@ def main(argv=None) -> None:
                           "best_over_batch1_throughput": best["images_per_s"]
                           / thr[0]["images_per_s"],
                           "best_batch_incl_compile_over_median_throughput":
-                          best["images_per_s_incl_compile"] / best["images_per_s"]}}
+                          best["images_per_s_incl_compile"] / best["images_per_s"],
+                          "best_batch_over_floor": best["over_floor"],
+                          "max_over_floor": max(r["over_floor"] for r in thr)}}
     md = ["# bench_scaling", "", U.machine_md(info), "",
           f"Command: `python benchmarks/bench_scaling.py {' '.join(sys.argv[1:])}`", "",
           f"## Throughput of the jitted hybrid ({args.workload} model)", "",
           U.table([[r["batch"], r["median_s"], r["images_per_s"], r["compile_s"],
-                    r["images_per_s_incl_compile"]] for r in thr],
+                    r["images_per_s_incl_compile"], r["floor_s"], r["over_floor"],
+                    r["over_floor_incl_compile"]] for r in thr],
                   ["batch", "median s", "images/s", "compile s",
-                   "images/s incl. compile (one call)"]), ""]
+                   "images/s incl. compile (one call)", "floor s", "hybrid / floor",
+                   "hybrid / floor incl. compile"]), "",
+          "floor = floor(hybrid) of `_floor.py` at the same batch (forward, backward to the "
+          "CAM layer, z+ forward and its transposed pass), jitted; incl. compile = ratio of "
+          "the first calls.", ""]
     if mem:
         md += [f"## Peak memory through explain_dataset (chunk {args.chunk}, {args.explainer}, "
                "streamed input)", "",
