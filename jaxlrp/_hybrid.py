@@ -96,6 +96,29 @@ def denoise(cam: jax.Array, threshold: float = 0.2) -> jax.Array:
     return jnp.clip(cam - threshold, 0.0, 1.0)
 
 
+#: channel counts up to this are reduced by a chain of slices (:func:`_over_channels`)
+UNROLL_CHANNELS = 16
+
+
+def _over_channels(r: jax.Array, op: Any, reduce: Any) -> jax.Array:
+    """(..., C) -> (...): ``op`` folded over the last axis, or ``reduce(r, -1)`` for large C.
+
+    Why a chain of slices and not a ``reduce``: XLA:CPU fuses a channel reduction of
+    the input relevance with the convolutions that produce it, both transposed
+    convolutions of the first block in one YNNPACK fusion, which runs about 4x slower
+    than the two apart (VGG16, batch 32: 7.3 s against 1.7 s, and the hybrid 25 s
+    against 17 s, at its floor). Elementwise ops on slices are not fused that way; on
+    other backends they fuse into one loop, at the cost of the reduce.
+    """
+    c = r.shape[-1]
+    if c > UNROLL_CHANNELS:
+        return reduce(r, axis=-1)
+    out = r[..., 0]
+    for i in range(1, c):
+        out = op(out, r[..., i])
+    return out
+
+
 def reduce_channels(relevance: jax.Array, how: str = "mean") -> jax.Array:
     """(B, H, W, C) -> (B, H, W): signed ``mean`` (paper), ``sum``, ``abs_mean`` or ``max_abs``.
 
@@ -103,14 +126,15 @@ def reduce_channels(relevance: jax.Array, how: str = "mean") -> jax.Array:
     """
     if relevance.ndim == 3:
         return relevance
+    c = relevance.shape[-1]
     if how == "mean":
-        return relevance.mean(axis=-1)
+        return _over_channels(relevance, jnp.add, jnp.sum) / c
     if how == "sum":
-        return relevance.sum(axis=-1)
+        return _over_channels(relevance, jnp.add, jnp.sum)
     if how == "abs_mean":
-        return jnp.abs(relevance).mean(axis=-1)
+        return _over_channels(jnp.abs(relevance), jnp.add, jnp.sum) / c
     if how == "max_abs":
-        return jnp.abs(relevance).max(axis=-1)
+        return _over_channels(jnp.abs(relevance), jnp.maximum, jnp.max)
     raise ExplanationError(f"reduce: expected one of {REDUCTIONS}, got {how!r}")
 
 

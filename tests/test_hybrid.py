@@ -122,6 +122,48 @@ def test_steps():
     assert parts.hybrid.shape == (1, 2, 2)
 
 
+@pytest.mark.parametrize("c", [1, 3, 16, 17])
+@pytest.mark.parametrize("how", ["mean", "sum", "abs_mean", "max_abs"])
+def test_reduce_channels_matches_float64_and_its_gradient(c, how):
+    r = jax.random.normal(jax.random.key(c), (2, 5, 4, c))
+    r64 = np.asarray(r, np.float64)
+    ref = {"mean": r64.mean(-1), "sum": r64.sum(-1), "abs_mean": np.abs(r64).mean(-1),
+           "max_abs": np.abs(r64).max(-1)}[how]
+    np.testing.assert_allclose(reduce_channels(r, how), ref, rtol=1e-6, atol=1e-6)
+    plain = {"mean": lambda a: a.mean(-1), "sum": lambda a: a.sum(-1),
+             "abs_mean": lambda a: jnp.abs(a).mean(-1),
+             "max_abs": lambda a: jnp.abs(a).max(-1)}[how]
+    w = jax.random.normal(jax.random.key(9), (2, 5, 4))
+    g = jax.grad(lambda a: (reduce_channels(a, how) * w).sum())(r)
+    np.testing.assert_allclose(g, jax.grad(lambda a: (plain(a) * w).sum())(r), atol=1e-6)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a property of XLA:CPU's fusion")
+def test_hybrid_keeps_the_first_blocks_transposed_convolutions_apart(monkeypatch):
+    """XLA:CPU fused a ``reduce`` over the input relevance's channels with both transposed
+    convolutions of the first block into one YNNPACK fusion, 4x slower (VGG16, batch 32);
+    the hybrid reduces channels with a chain of slices so that no fusion holds two."""
+    import re
+
+    net = VGG(num_classes=3, widths=(64,), convs_per_block=2, dense=(8,), input_size=64,
+              rngs=nnx.Rngs(0))
+    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+
+    def convs_per_fusion(fn):
+        txt = jax.jit(fn).lower(x, t).compile().as_text()
+        return max(c.count("convolution(") for c in re.split(r"\n(?=%|ENTRY)", txt)
+                   if not c.startswith("ENTRY"))
+
+    assert convs_per_fusion(lambda xx, tt: hybrid(net, xx, tt)) == 1
+    # with jnp's reduce in its place the two are fused (what this test guards against)
+    import jaxlrp._hybrid as H
+
+    monkeypatch.setattr(H, "reduce_channels", lambda r, how="mean": r.mean(-1))
+    jaxlrp.clear_caches()
+    assert convs_per_fusion(lambda xx, tt: hybrid(net, xx, tt)) >= 2
+
+
 class SoftCNN(nnx.Module):
     def __init__(self, rngs):
         self.c1 = nnx.Conv(3, 4, (3, 3), rngs=rngs)
