@@ -1,6 +1,6 @@
 """``python -m jaxlrp``: the command line (see :mod:`jaxlrp.cli`)."""
 
-from jaxlrp.cli import main
+from jaxlrp.cli import run
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

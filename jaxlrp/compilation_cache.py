@@ -17,7 +17,9 @@ environment variable           effect
 =============================  ====================================================
 
 Only what XLA compiles is cached: tracing the model in Python still happens in every
-new process.
+new process. The command line also keeps its traced programs (``jax.export``) in a
+subfolder, ``jaxlrp-exported``, so that its second runs skip the tracing too
+(:mod:`jaxlrp.cli.saved_programs`).
 """
 
 from __future__ import annotations

@@ -158,12 +158,12 @@ def make_runner(plan: Plan) -> Callable[[Any, Any], tuple[Any, dict]]:
     The names are ``plan.method`` and, with ``plan.compare``, the comparison panels
     (the CAM, ``lrp`` and ``hybrid``), all from one hybrid pass where possible
     (:func:`jaxlrp.panels.explain_panels`). One compilation per model structure and batch
-    shape.
+    shape; with the compilation cache on, the traced program is kept on disk too
+    (:mod:`jaxlrp.cli.saved_programs`), so that a later run neither traces nor compiles.
     """
-    import jax
-
     from jaxlrp import explainers
     from jaxlrp._tracing import as_adapter
+    from jaxlrp.cli.saved_programs import SavedRunner
     from jaxlrp.panels import explain_panels
 
     explain = explainers.get(plan.method, **plan.options)
@@ -180,7 +180,7 @@ def make_runner(plan: Plan) -> Callable[[Any, Any], tuple[Any, dict]]:
             maps[plan.method] = explain(model, x, plan.target)
         return logits, maps
 
-    return jax.jit(run)
+    return SavedRunner(run, plan)
 
 
 def file_token(method: str) -> str:

@@ -293,7 +293,9 @@ def from_flat_state(flat: Mapping[str, Any], name: str = "state") -> EfficientNe
             )
     graphdef, template, _ = _abstract(num_classes)
     state = jax.tree.map(lambda v: v, template)  # a fresh copy; the template stays abstract
-    values = {k: jnp.asarray(np.asarray(v, dtype=np.float32)) for k, v in flat.items()}
+    # one device_put for the whole dict: jnp.asarray per array dispatched ~250 copies
+    # (0.6 s of a 5 s command-line run)
+    values = jax.device_put({k: np.asarray(v, dtype=np.float32) for k, v in flat.items()})
     nnx.replace_by_pure_dict(state, _unflatten(values))
     model = nnx.merge(graphdef, state)
     model.eval()
