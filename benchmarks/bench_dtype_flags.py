@@ -131,7 +131,11 @@ def dtype_part(batch: int, reps: int) -> dict:
     m16 = np.asarray(fn(state16, x16, t).astype(jnp.float32))
     pred16 = np.asarray(jnp.argmax(nnx.merge(graphdef, state16)(x16), -1))
     diff = np.abs(m32 - m16)
-    return {"model": desc, "batch": batch, "reps": reps, "timing": timing,
+    import _floor as F  # the least work of the hybrid, at each dtype (benchmarks/_floor.py)
+
+    floors = {"float32": F.time_floor(model, x, "hybrid", reps),
+              "bfloat16": F.time_floor(nnx.merge(graphdef, state16), x16, "hybrid", reps)}
+    return {"model": desc, "batch": batch, "reps": reps, "timing": timing, "floors": floors,
             "max_abs_map_diff": float(diff.max()), "mean_abs_map_diff": float(diff.mean()),
             "map_dtype_bfloat16": str(fn(state16, x16, t).dtype),
             "bf16_prediction_agreement": float(np.mean(pred16 == np.asarray(t)))}
@@ -266,6 +270,20 @@ def build_results(dtype: dict | None, flags: dict | None, info: dict,
                f"**{dtype['max_abs_map_diff']:.3g}** (mean {dtype['mean_abs_map_diff']:.3g}); "
                f"bfloat16 predictions agree with float32 on "
                f"{100 * dtype['bf16_prediction_agreement']:.1f}% of the images.", ""]
+        if "floors" in dtype:  # floor(hybrid) (benchmarks/_floor.py) at the same dtype
+            rows = []
+            for k in ("float32", "bfloat16"):
+                fl, run = dtype["floors"][k], dtype["timing"][k]
+                ratio = figures["dtype"][k]["median"] / fl["median"]
+                cold = run["first"] / fl["first"]
+                figures["dtype"][k].update(floor=fl["median"], floor_first=fl["first"],
+                                           over_floor=ratio, over_floor_incl_compile=cold)
+                rows.append([k, fl["median"], fl["first"], ratio, cold])
+            md += ["The floor of the hybrid (forward, backward to the CAM layer, z+ forward "
+                   "and its transposed pass; `benchmarks/_floor.py`) at each dtype:", "",
+                   U.table(rows, ["dtype", "floor median s", "floor first call s",
+                                  "hybrid / floor", "hybrid / floor, first calls (compile)"]),
+                   ""]
     if flags is not None:
         summary = summarise_flags(flags)
         figures["onednn"] = {**flags, "summary": summary}

@@ -71,7 +71,15 @@ def test_build_results_both_parts():
     assert s["round_ratios"] == [pytest.approx(0.5)] * 2
     assert "**Failed runs** (left out)" in md and "Unknown flag" in md
     assert "1.5x (ratio of medians)" in md and "**0.087**" in md
+    assert "floor" not in d["float32"]  # no floors measured: no floor table
     json.dumps(figures)
+    dtype["floors"] = {"float32": {"median": 0.4, "first": 1.5},
+                       "bfloat16": {"median": 0.8, "first": 2.0}}
+    figures, md = DF.build_results(dtype, None, INFO, "python b.py")
+    assert figures["dtype"]["float32"]["over_floor"] == pytest.approx(2.0)
+    assert figures["dtype"]["bfloat16"]["over_floor"] == pytest.approx(1.5)
+    assert figures["dtype"]["bfloat16"]["over_floor_incl_compile"] == pytest.approx(2.0)
+    assert "| hybrid / floor |" in md or "hybrid / floor" in md
 
 
 def test_same_program_means_no_effect_whatever_the_timings():
