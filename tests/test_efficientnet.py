@@ -191,3 +191,32 @@ def test_flat_state_errors_and_num_classes(model):
     assert out.shape == (2, 10)
     np.testing.assert_array_equal(m10.classifier.kernel[...], small["classifier/kernel"])
     np.testing.assert_array_equal(m10.head.bn.var[...], flat["head/bn/var"])
+
+
+def test_abstract_structure_with_fixed_keys_equals_the_one_with_rngs(monkeypatch):
+    """The weight loader's abstract model (traced with one fixed key) has the structure
+    and shapes that nnx.Rngs gives, and falls back to nnx.Rngs when layers want more."""
+    import re
+
+    import jax
+    from flax import nnx
+
+    from jaxlrp.models import efficientnet as E
+
+    def shape_of(graphdef, state):
+        return (re.sub(r" at 0x[0-9a-f]+", "", str(graphdef)),
+                [(v.shape, v.dtype) for v in jax.tree.leaves(state)])
+
+    E._abstract.cache_clear()
+    fixed = shape_of(*E._abstract(7)[:2])
+    ref = nnx.eval_shape(lambda: E.EfficientNetLite0(
+        7, rngs=nnx.Rngs(0), kernel_init=nnx.initializers.zeros_init()))
+    assert fixed == shape_of(*nnx.split(ref))
+
+    def refuse(self):
+        raise AttributeError("params")
+
+    monkeypatch.setattr(E._FixedKey, "params", refuse)
+    E._abstract.cache_clear()
+    assert shape_of(*E._abstract(7)[:2]) == fixed
+    E._abstract.cache_clear()
