@@ -11,6 +11,11 @@ backend:
 * ``rule``: ``jaxlrp._lrp.pooling.max_pool``, which follows
   :func:`jaxlrp._lrp.pooling.lowering`, for both.
 
+* ``floor``: one pass over the memory the op must touch, timed the same way: the sum of
+  the input (forward: every input element is read once) and ``2 * x`` (gradient: the
+  input is read and a gradient of its size written), so ``rule / floor`` says how far
+  the chosen lowering is from a memory-bound pass.
+
 It then checks, per shape and mode, whether the library's rule picks the faster
 lowering (``rule_check``), and fits the simplest rule of the same form ("the select
 chain when a feature of the shape is >= a threshold") for each candidate feature
@@ -96,7 +101,12 @@ def measure(shapes, reps: int) -> list[dict]:
         row = {"shape": list(shape), "window": list(spec[0]), "strides": list(spec[1]),
                "padding": [list(p) for p in spec[2]],
                "rule": list(pooling.lowering(backend, shape, dims, strides, pads))}
+        floors = {"forward": (jax.jit(jnp.sum), (x,)),
+                  "gradient": (jax.jit(lambda v: 2 * v), (x,))}
         for mode in ("forward", "gradient"):
+            f, args = floors[mode]
+            t = U.timeit(lambda f=f, args=args: f(*args), reps=reps)
+            row[f"{mode}_floor"], row[f"{mode}_floor_compile"] = t["median"], t["compile"]
             for kind in ("xla", "select", "rule"):
                 f = fwd(kind) if mode == "forward" else grad(kind)
                 args = (x,) if mode == "forward" else (x, g)
@@ -162,8 +172,13 @@ def main(argv=None) -> None:
     info["wall_s"] = round(time.time() - t0, 1)
     fits = {m: fit(rows, m) for m in ("forward", "gradient")}
     agree = {m: sum(r[f"{m}_rule_agrees"] for r in rows) for m in ("forward", "gradient")}
-    totals = {m: {k: sum(r[f"{m}_{k}"] for r in rows) for k in ("xla", "select", "rule")}
+    totals = {m: {k: sum(r[f"{m}_{k}"] for r in rows)
+                  for k in ("xla", "select", "rule", "floor")}
               for m in ("forward", "gradient")}
+    for m in ("forward", "gradient"):  # compile-inclusive: one first call of each
+        for k in ("rule", "floor"):
+            totals[m][f"{k}_incl_compile"] = sum(r[f"{m}_{k}"] + r[f"{m}_{k}_compile"]
+                                                 for r in rows)
     figures = {"machine": info, "args": vars(args), "rows": rows, "fits": fits,
                "rule_check": {"agrees": agree, "shapes": len(rows), "totals_s": totals,
                               "all_equal": all(r["forward_rule_equal"] and
@@ -173,15 +188,24 @@ def main(argv=None) -> None:
           U.table([[str(tuple(r["shape"])), f"{r['window']}/{r['strides']}",
                     r["forward_xla"] * 1e3, r["forward_select"] * 1e3, r["forward_rule"] * 1e3,
                     r["gradient_xla"] * 1e3, r["gradient_select"] * 1e3,
-                    r["gradient_rule"] * 1e3, "/".join(r["rule"])] for r in rows],
+                    r["gradient_rule"] * 1e3, "/".join(r["rule"]),
+                    r["forward_rule"] / r["forward_floor"],
+                    r["gradient_rule"] / r["gradient_floor"]] for r in rows],
                    ["shape", "window/stride", "fwd xla ms", "fwd select ms", "fwd rule ms",
-                    "grad xla ms", "grad select ms", "grad rule ms", "rule (fwd/grad)"]), ""]
+                    "grad xla ms", "grad select ms", "grad rule ms", "rule (fwd/grad)",
+                    "fwd rule / floor", "grad rule / floor"]), ""]
     for m in ("forward", "gradient"):
+        incl = totals[m]["rule_incl_compile"] / totals[m]["floor_incl_compile"]
         md += [f"- {m}: the library's rule picks the faster lowering for {agree[m]} of "
                f"{len(rows)} shapes; summed time xla {totals[m]['xla']:.4g} s, select "
                f"{totals[m]['select']:.4g} s, rule {totals[m]['rule']:.4g} s; best fit: "
                f"select when {fits[m][0]['feature']} >= {fits[m][0]['threshold']} "
-               f"({fits[m][0]['total_s']:.4g} s, oracle {fits[m][0]['oracle_total_s']:.4g} s)"]
+               f"({fits[m][0]['total_s']:.4g} s, oracle {fits[m][0]['oracle_total_s']:.4g} s); "
+               f"summed rule / floor **{totals[m]['rule'] / totals[m]['floor']:.3g}x**, with "
+               f"compile time {incl:.3g}x"]
+    md += ["", "Floor: one memory-bound pass over what the op must touch, jitted and timed "
+           "alike: the sum of the input (forward) and `2 * x` (gradient: read the input, "
+           "write a gradient of its size)."]
     md += ["", f"Values and derivatives of the rule equal XLA's on every shape: "
            f"{figures['rule_check']['all_equal']}."]
     U.write_results(args.name, figures, "\n".join(md))
@@ -192,7 +216,9 @@ def main(argv=None) -> None:
         print(f"  {m}: rule agrees on {agree[m]}/{len(rows)} shapes; xla/rule "
               f"{totals[m]['xla'] / totals[m]['rule']:.2f}x, select/rule "
               f"{totals[m]['select'] / totals[m]['rule']:.2f}x; best fit: select when "
-              f"{f0['feature']} >= {f0['threshold']}")
+              f"{f0['feature']} >= {f0['threshold']}; rule / floor "
+              f"{totals[m]['rule'] / totals[m]['floor']:.2f}x (with compile "
+              f"{totals[m]['rule_incl_compile'] / totals[m]['floor_incl_compile']:.2f}x)")
     print(f"  values and derivatives identical: {figures['rule_check']['all_equal']}")
 
 
