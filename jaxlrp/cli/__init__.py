@@ -88,7 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-
 def run() -> None:
     """The ``jaxlrp`` console script and ``python -m jaxlrp``: :func:`main`, then exit.
 
